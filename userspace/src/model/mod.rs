@@ -1,0 +1,177 @@
+//! Validated domain types: what the rest of keel runs on.
+//!
+//! Nothing here knows about protobuf or YAML. `config` converts an Envoy v3 bootstrap
+//! into these types and rejects what keel does not support; everything after that
+//! (listeners, clusters, the kernel data path) trusts them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole validated configuration: what one keel process serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// `node` identity as given in the bootstrap or on the command line.
+    pub node: Node,
+    /// The admin listener, if configured.
+    pub admin: Option<Admin>,
+    /// Static listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// Static clusters, in file order. Names are unique.
+    pub clusters: Vec<Cluster>,
+    /// Settings of the kernel data path (the `keel.v1.Datapath` bootstrap extension).
+    pub datapath: Datapath,
+}
+
+/// The node's identity (`node.id`, `node.cluster`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Node {
+    /// `node.id` / `--service-node`.
+    pub id: String,
+    /// `node.cluster` / `--service-cluster`.
+    pub cluster: String,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Where the admin API listens.
+    pub address: SocketAddr,
+}
+
+/// Transport protocol of a listener or service address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP (Envoy's default).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A listener: an address and what to do with the connections made to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// `name`; unique.
+    pub name: String,
+    /// `address.socket_address`.
+    pub address: SocketAddr,
+    /// `address.socket_address.protocol`.
+    pub protocol: Protocol,
+    /// `filter_chains`, in order.
+    pub filter_chains: Vec<FilterChain>,
+    /// Where connections are balanced (`metadata` key "keel", `balancing`).
+    pub balancing: Balancing,
+}
+
+/// Where a listener's connections are balanced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancing {
+    /// keel accepts and proxies in userspace.
+    Userspace,
+    /// The cgroup connect hooks pick an endpoint in the kernel.
+    Kernel,
+}
+
+/// One filter chain of a listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterChain {
+    /// `name` (may be empty).
+    pub name: String,
+    /// The network filters, in order; the last one terminates.
+    pub filters: Vec<NetworkFilter>,
+}
+
+/// A network filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkFilter {
+    /// `envoy.filters.network.tcp_proxy`.
+    TcpProxy(TcpProxy),
+}
+
+/// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpProxy {
+    /// `stat_prefix`.
+    pub stat_prefix: String,
+    /// `cluster`: the upstream cluster's name (checked to exist).
+    pub cluster: String,
+    /// `idle_timeout`; Envoy's default is 1 hour, `0s` disables it.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A cluster of endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// `name`; unique.
+    pub name: String,
+    /// `connect_timeout` (Envoy's default is 5s).
+    pub connect_timeout: Duration,
+    /// `lb_policy` with its policy-specific settings.
+    pub lb_policy: LbPolicy,
+    /// `load_assignment.endpoints[*].lb_endpoints[*]`, flattened in order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A cluster's load-balancing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// `ROUND_ROBIN`, weighted by endpoint weights.
+    RoundRobin,
+    /// `LEAST_REQUEST`; in the kernel: least active connections.
+    LeastRequest,
+    /// `RANDOM`, weighted.
+    Random,
+    /// `MAGLEV` with `maglev_lb_config.table_size` (a prime; Envoy's default is 65537).
+    Maglev {
+        /// Lookup-table size.
+        table_size: u32,
+    },
+    /// `RING_HASH` (userspace only).
+    RingHash,
+}
+
+/// One endpoint of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// `endpoint.address.socket_address`.
+    pub address: SocketAddr,
+    /// `load_balancing_weight`, 1 by default, at least 1.
+    pub weight: u32,
+}
+
+/// What to do when the kernel data path cannot be loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnavailable {
+    /// Exit with an error.
+    Fail,
+    /// Serve kernel-balanced listeners from userspace.
+    Userspace,
+}
+
+/// Kernel data-path settings (`keel.v1.Datapath`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datapath {
+    /// cgroup v2 folder to attach to; `None` means the cgroup v2 root.
+    pub cgroup_path: Option<PathBuf>,
+    /// bpffs folder for pinned maps.
+    pub bpffs_path: PathBuf,
+    /// Behaviour when the kernel path is unavailable.
+    pub on_unavailable: WhenUnavailable,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Datapath {
+            cgroup_path: None,
+            bpffs_path: PathBuf::from("/sys/fs/bpf/keel"),
+            on_unavailable: WhenUnavailable::Fail,
+        }
+    }
+}
+
+impl Bootstrap {
+    /// The cluster with this name.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
