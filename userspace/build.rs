@@ -90,8 +90,10 @@ fn prost_types_subset(
 /// Finds the envoy-types package folder through `cargo metadata`.
 fn envoy_types_dir(manifest: &Path) -> PathBuf {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Filtering to the host platform keeps cargo from fetching other platforms' crates.
+    let target = env::var("TARGET").expect("TARGET is set by cargo");
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1", "--filter-platform", &target])
         .current_dir(manifest)
         .output()
         .expect("run cargo metadata");

@@ -11,5 +11,6 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod datapath;
+pub mod demo;
 pub mod listener;
 pub mod model;

@@ -1,0 +1,835 @@
+//! Step 4: Envoy's typed bootstrap (from the `envoy-types` crate) → [`model`] types.
+//!
+//! Why typed structs rather than reading the `DynamicMessage` directly: here every field
+//! name, oneof and enum value is checked by the compiler, and the code reads like the
+//! Envoy documentation (`cluster.lb_policy`, `LbPolicy::Maglev`). The dynamic message is
+//! the right shape for the generic, table-driven checks of steps 1 and 2; once those have
+//! passed, the transcoding cannot lose anything keel reads, because the descriptor pool
+//! is compiled from the very .proto files envoy-types ships.
+//!
+//! Every function takes the path of what it converts and returns
+//! [`ConfigError::Field`] errors under that path. The checks here are the semantic ones:
+//! required fields, unique names, IP literals and ports, weights, Maglev table sizes, and
+//! that a tcp_proxy names a defined cluster.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use envoy_types::pb::google::protobuf as wkt;
+use prost::Name as _;
+use prost_reflect::DynamicMessage;
+use serde_json::Value as Json;
+
+use super::keel_v1;
+use super::{descriptor_pool, index, join, parse, supported, type_url_message_name, ConfigError};
+use crate::model;
+
+/// Envoy's default `connect_timeout`.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default tcp_proxy `idle_timeout`.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default and largest Maglev table sizes.
+const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
+/// Where keel pins its maps when `keel.v1.Datapath.bpffs_path` is empty.
+const DEFAULT_BPFFS_PATH: &str = "/sys/fs/bpf/keel";
+/// The metadata key of keel's listener options.
+const KEEL_METADATA_KEY: &str = "keel";
+/// Full names of keel's own messages.
+const DATAPATH: &str = "keel.v1.Datapath";
+const LISTENER_OPTIONS: &str = "keel.v1.ListenerOptions";
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Converts a whole bootstrap.
+pub(super) fn bootstrap(b: &bootstrap::Bootstrap) -> Result<model::Bootstrap> {
+    let node = b
+        .node
+        .as_ref()
+        .map(|n| model::Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+        })
+        .unwrap_or_default();
+    let admin = match &b.admin {
+        Some(admin) => admin_address(admin, "admin")?,
+        None => None,
+    };
+    let datapath = datapath(&b.bootstrap_extensions, "bootstrap_extensions")?;
+
+    let (listeners, clusters) = match &b.static_resources {
+        Some(resources) => static_resources(resources, "static_resources")?,
+        None => (Vec::new(), Vec::new()),
+    };
+    Ok(model::Bootstrap {
+        node,
+        admin,
+        listeners,
+        clusters,
+        datapath,
+    })
+}
+
+fn admin_address(admin: &bootstrap::Admin, path: &str) -> Result<Option<model::Admin>> {
+    // Envoy starts no admin listener when `admin` has no address.
+    let Some(address) = &admin.address else {
+        return Ok(None);
+    };
+    let path = join(path, "address");
+    let (address, protocol) = socket_address(address, &path, PortRule::AnyPort)?;
+    if protocol != model::Protocol::Tcp {
+        return Err(ConfigError::field(
+            join(&path, "socket_address.protocol"),
+            "the admin API listens on TCP; remove `protocol: UDP`",
+        ));
+    }
+    Ok(Some(model::Admin { address }))
+}
+
+fn static_resources(
+    resources: &bootstrap::bootstrap::StaticResources,
+    path: &str,
+) -> Result<(Vec<model::Listener>, Vec<model::Cluster>)> {
+    let clusters_path = join(path, "clusters");
+    let mut clusters = Vec::with_capacity(resources.clusters.len());
+    let mut cluster_names: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in resources.clusters.iter().enumerate() {
+        let cluster_path = index(&clusters_path, i);
+        unique_name(
+            &c.name,
+            "cluster",
+            &mut cluster_names,
+            i,
+            &clusters_path,
+            &cluster_path,
+        )?;
+        clusters.push(convert_cluster(c, &cluster_path)?);
+    }
+
+    let listeners_path = join(path, "listeners");
+    let mut listeners = Vec::with_capacity(resources.listeners.len());
+    let mut listener_names: HashMap<&str, usize> = HashMap::new();
+    for (i, l) in resources.listeners.iter().enumerate() {
+        let listener_path = index(&listeners_path, i);
+        unique_name(
+            &l.name,
+            "listener",
+            &mut listener_names,
+            i,
+            &listeners_path,
+            &listener_path,
+        )?;
+        listeners.push(convert_listener(l, &listener_path, &clusters)?);
+    }
+    Ok((listeners, clusters))
+}
+
+/// Checks that a listener's or cluster's name is present and not used before.
+fn unique_name<'a>(
+    name: &'a str,
+    what: &str,
+    seen: &mut HashMap<&'a str, usize>,
+    i: usize,
+    list_path: &str,
+    item_path: &str,
+) -> Result<()> {
+    if name.is_empty() {
+        return Err(ConfigError::field(
+            join(item_path, "name"),
+            format!("missing; every {what} needs a unique name"),
+        ));
+    }
+    if let Some(first) = seen.insert(name, i) {
+        return Err(ConfigError::field(
+            join(item_path, "name"),
+            format!(
+                "duplicate {what} name \"{name}\" (first used at {}); {what} names must be unique",
+                index(list_path, first)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Bootstrap extensions.
+
+fn datapath(extensions: &[core::TypedExtensionConfig], path: &str) -> Result<model::Datapath> {
+    let mut found: Option<(usize, keel_v1::Datapath)> = None;
+    for (i, extension) in extensions.iter().enumerate() {
+        let item = index(path, i);
+        if extension.name.is_empty() {
+            return Err(ConfigError::field(
+                join(&item, "name"),
+                "missing; name the extension, e.g. keel.datapath",
+            ));
+        }
+        let config_path = join(&item, "typed_config");
+        let Some(any) = &extension.typed_config else {
+            return Err(ConfigError::field(
+                config_path,
+                "missing; give \"@type\": type.googleapis.com/keel.v1.Datapath and its settings",
+            ));
+        };
+        if type_url_message_name(&any.type_url) != Some(DATAPATH) {
+            return Err(ConfigError::field(
+                config_path,
+                format!(
+                    "@type \"{}\" is not a bootstrap extension keel supports; the one it supports is \
+                     type.googleapis.com/keel.v1.Datapath",
+                    any.type_url
+                ),
+            ));
+        }
+        if let Some((first, _)) = &found {
+            return Err(ConfigError::field(
+                item,
+                format!(
+                    "keel.v1.Datapath given twice (first at {}); keep one",
+                    index(path, *first)
+                ),
+            ));
+        }
+        found = Some((i, decode_any::<keel_v1::Datapath>(any, &config_path)?));
+    }
+    let Some((i, config)) = found else {
+        return Ok(model::Datapath::default());
+    };
+    let config_path = join(&index(path, i), "typed_config");
+    let on_unavailable = match keel_v1::datapath::Unavailable::try_from(config.on_unavailable) {
+        Ok(keel_v1::datapath::Unavailable::Fail) => model::WhenUnavailable::Fail,
+        Ok(keel_v1::datapath::Unavailable::Userspace) => model::WhenUnavailable::Userspace,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(&config_path, "on_unavailable"),
+                format!(
+                    "unknown value {}; expected FAIL or USERSPACE",
+                    config.on_unavailable
+                ),
+            ))
+        }
+    };
+    Ok(model::Datapath {
+        cgroup_path: (!config.cgroup_path.is_empty()).then(|| PathBuf::from(&config.cgroup_path)),
+        bpffs_path: PathBuf::from(if config.bpffs_path.is_empty() {
+            DEFAULT_BPFFS_PATH
+        } else {
+            &config.bpffs_path
+        }),
+        on_unavailable,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Listeners.
+
+fn convert_listener(
+    l: &listener::Listener,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<model::Listener> {
+    let address_path = join(path, "address");
+    let Some(address) = &l.address else {
+        return Err(ConfigError::field(
+            address_path,
+            "missing; a listener needs address.socket_address with address and port_value",
+        ));
+    };
+    let (address, protocol) = socket_address(address, &address_path, PortRule::AnyPort)?;
+
+    let chains_path = join(path, "filter_chains");
+    if l.filter_chains.is_empty() {
+        return Err(ConfigError::field(
+            chains_path,
+            "missing; a listener needs a filter chain whose last filter is envoy.filters.network.tcp_proxy",
+        ));
+    }
+    if l.filter_chains.len() > 1 {
+        return Err(ConfigError::field(
+            index(&chains_path, 1),
+            "a second filter chain would have the same (empty) filter_chain_match as the first, \
+             and keel does not support filter_chain_match yet; use one filter chain per listener",
+        ));
+    }
+    let filter_chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, chain)| filter_chain(chain, &index(&chains_path, i), clusters))
+        .collect::<Result<Vec<_>>>()?;
+
+    let balancing = match &l.metadata {
+        Some(metadata) => listener_balancing(metadata, &join(path, "metadata"))?,
+        None => model::Balancing::Userspace,
+    };
+    Ok(model::Listener {
+        name: l.name.clone(),
+        address,
+        protocol,
+        filter_chains,
+        balancing,
+    })
+}
+
+fn filter_chain(
+    chain: &listener::FilterChain,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<model::FilterChain> {
+    let filters_path = join(path, "filters");
+    if chain.filters.is_empty() {
+        return Err(ConfigError::field(
+            filters_path,
+            "missing; a filter chain needs a terminal filter such as envoy.filters.network.tcp_proxy",
+        ));
+    }
+    let mut filters = Vec::with_capacity(chain.filters.len());
+    for (i, filter) in chain.filters.iter().enumerate() {
+        let filter_path = index(&filters_path, i);
+        if i > 0 {
+            // Every filter keel supports is terminal, so nothing may follow one.
+            return Err(ConfigError::field(
+                filter_path,
+                format!(
+                    "{} is a terminal filter and must be the last filter of its chain; \
+                     remove the filters after it",
+                    chain.filters[i - 1].name
+                ),
+            ));
+        }
+        filters.push(network_filter(filter, &filter_path, clusters)?);
+    }
+    Ok(model::FilterChain {
+        name: chain.name.clone(),
+        filters,
+    })
+}
+
+fn network_filter(
+    filter: &listener::Filter,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<model::NetworkFilter> {
+    if filter.name.is_empty() {
+        return Err(ConfigError::field(
+            join(path, "name"),
+            "missing; name the filter, e.g. envoy.filters.network.tcp_proxy",
+        ));
+    }
+    let config_path = join(path, "typed_config");
+    let any = match &filter.config_type {
+        Some(listener::filter::ConfigType::TypedConfig(any)) => any,
+        Some(listener::filter::ConfigType::ConfigDiscovery(_)) => {
+            return Err(ConfigError::field(join(path, "config_discovery"), "field not supported by keel"))
+        }
+        None => {
+            return Err(ConfigError::field(
+                config_path,
+                "missing; give \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy \
+                 and its settings",
+            ))
+        }
+    };
+    if type_url_message_name(&any.type_url) == Some(tcp_proxy::TcpProxy::full_name().as_str()) {
+        let config = decode_any::<tcp_proxy::TcpProxy>(any, &config_path)?;
+        return Ok(model::NetworkFilter::TcpProxy(convert_tcp_proxy(
+            &config,
+            &config_path,
+            clusters,
+        )?));
+    }
+    Err(ConfigError::field(
+        config_path,
+        format!(
+            "@type \"{}\" is not a network filter keel supports; the one it supports is \
+             type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            any.type_url
+        ),
+    ))
+}
+
+fn convert_tcp_proxy(
+    config: &tcp_proxy::TcpProxy,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<model::TcpProxy> {
+    if config.stat_prefix.is_empty() {
+        return Err(ConfigError::field(
+            join(path, "stat_prefix"),
+            "missing; tcp_proxy needs a stat_prefix (the prefix of its statistics' names)",
+        ));
+    }
+    let cluster_path = join(path, "cluster");
+    let cluster = match &config.cluster_specifier {
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(ConfigError::field(
+                join(path, "weighted_clusters"),
+                "field not supported by keel",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::field(
+                cluster_path,
+                "missing; tcp_proxy needs the name of the cluster to connect to",
+            ))
+        }
+    };
+    if !clusters.iter().any(|c| &c.name == cluster) {
+        let defined = if clusters.is_empty() {
+            "no clusters are defined in static_resources.clusters".to_string()
+        } else {
+            let names: Vec<_> = clusters.iter().map(|c| format!("\"{}\"", c.name)).collect();
+            format!("defined clusters: {}", names.join(", "))
+        };
+        return Err(ConfigError::field(
+            cluster_path,
+            format!("unknown cluster \"{cluster}\" ({defined})"),
+        ));
+    }
+    let idle_timeout = match &config.idle_timeout {
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+        Some(d) => {
+            let d = duration(d, &join(path, "idle_timeout"))?;
+            // `0s` disables the timeout.
+            (!d.is_zero()).then_some(d)
+        }
+    };
+    Ok(model::TcpProxy {
+        stat_prefix: config.stat_prefix.clone(),
+        cluster: cluster.clone(),
+        idle_timeout,
+    })
+}
+
+/// Reads keel's listener options from the metadata key "keel": either untyped
+/// (`filter_metadata.keel`, a Struct read strictly as `keel.v1.ListenerOptions`) or typed
+/// (`typed_filter_metadata.keel`, an Any of `keel.v1.ListenerOptions`). Other keys belong
+/// to other consumers and are left alone.
+fn listener_balancing(metadata: &core::Metadata, path: &str) -> Result<model::Balancing> {
+    let desc = descriptor_pool()
+        .get_message_by_name(LISTENER_OPTIONS)
+        .expect("the descriptor pool holds keel.v1.ListenerOptions");
+    let untyped = metadata.filter_metadata.get(KEEL_METADATA_KEY);
+    let typed = metadata.typed_filter_metadata.get(KEEL_METADATA_KEY);
+    let (message, options_path) = match (untyped, typed) {
+        (None, None) => return Ok(model::Balancing::Userspace),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::field(
+                path,
+                "keel's options are given twice, in filter_metadata.keel and in \
+                 typed_filter_metadata.keel; keep one",
+            ))
+        }
+        (Some(fields), None) => {
+            let options_path = join(&join(path, "filter_metadata"), KEEL_METADATA_KEY);
+            let json = struct_to_json(fields);
+            (parse::message(&json, &desc, &options_path)?, options_path)
+        }
+        (None, Some(any)) => {
+            let options_path = join(&join(path, "typed_filter_metadata"), KEEL_METADATA_KEY);
+            if type_url_message_name(&any.type_url) != Some(LISTENER_OPTIONS) {
+                return Err(ConfigError::field(
+                    options_path,
+                    format!(
+                        "@type \"{}\" is not keel's listener options; use \
+                         type.googleapis.com/keel.v1.ListenerOptions",
+                        any.type_url
+                    ),
+                ));
+            }
+            let message = DynamicMessage::decode(desc, any.value.as_slice())
+                .map_err(|e| ConfigError::field(&options_path, format!("cannot decode: {e}")))?;
+            (message, options_path)
+        }
+    };
+    supported::check(&message, &options_path)?;
+    let options: keel_v1::ListenerOptions = message
+        .transcode_to()
+        .map_err(|e| ConfigError::field(&options_path, format!("cannot decode: {e}")))?;
+    match keel_v1::listener_options::Balancing::try_from(options.balancing) {
+        Ok(keel_v1::listener_options::Balancing::Userspace) => Ok(model::Balancing::Userspace),
+        Ok(keel_v1::listener_options::Balancing::Kernel) => Ok(model::Balancing::Kernel),
+        Err(_) => Err(ConfigError::field(
+            join(&options_path, "balancing"),
+            format!(
+                "unknown value {}; expected USERSPACE or KERNEL",
+                options.balancing
+            ),
+        )),
+    }
+}
+
+/// A `google.protobuf.Struct` as JSON. Numbers that are whole become JSON integers, so
+/// that `{balancing: 1}` reads as the enum number it means.
+fn struct_to_json(s: &wkt::Struct) -> Json {
+    Json::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &wkt::Value) -> Json {
+    use wkt::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Json::Null,
+        Some(Kind::BoolValue(b)) => Json::Bool(*b),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Json::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number)
+            }
+        }
+        Some(Kind::StringValue(s)) => Json::String(s.clone()),
+        Some(Kind::ListValue(list)) => Json::Array(list.values.iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Clusters.
+
+fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model::Cluster> {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
+
+    let discovery = match &c.cluster_discovery_type {
+        None => DiscoveryType::Static as i32,
+        Some(ClusterDiscoveryType::Type(t)) => *t,
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(ConfigError::field(
+                join(path, "cluster_type"),
+                "field not supported by keel",
+            ))
+        }
+    };
+    match DiscoveryType::try_from(discovery) {
+        Ok(DiscoveryType::Static) => {}
+        Ok(other) => {
+            return Err(ConfigError::field(
+                join(path, "type"),
+                format!(
+                "{} clusters are not supported yet; keel supports type STATIC with endpoints in \
+                     load_assignment",
+                other.as_str_name()
+            ),
+            ))
+        }
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "type"),
+                format!("unknown cluster type {discovery}"),
+            ))
+        }
+    }
+
+    let connect_timeout = match &c.connect_timeout {
+        None => DEFAULT_CONNECT_TIMEOUT,
+        Some(d) => {
+            let timeout_path = join(path, "connect_timeout");
+            let d = duration(d, &timeout_path)?;
+            if d.is_zero() {
+                return Err(ConfigError::field(
+                    timeout_path,
+                    "must be greater than 0s (Envoy's default is 5s)",
+                ));
+            }
+            d
+        }
+    };
+
+    let policy_path = join(path, "lb_policy");
+    let policy = LbPolicy::try_from(c.lb_policy).map_err(|_| {
+        ConfigError::field(
+            &policy_path,
+            format!("unknown load-balancing policy {}", c.lb_policy),
+        )
+    })?;
+    let maglev_config = match &c.lb_config {
+        Some(LbConfig::MaglevLbConfig(config)) => Some(config),
+        None => None,
+        Some(_) => {
+            // The supported-field check rejects the other lb_config fields first.
+            return Err(ConfigError::field(
+                path,
+                "this lb_config is not supported by keel",
+            ));
+        }
+    };
+    if maglev_config.is_some() && policy != LbPolicy::Maglev {
+        return Err(ConfigError::field(
+            join(path, "maglev_lb_config"),
+            format!(
+                "only used with lb_policy MAGLEV, but lb_policy is {}; remove maglev_lb_config or set \
+                 lb_policy: MAGLEV",
+                policy.as_str_name()
+            ),
+        ));
+    }
+    let lb_policy = match policy {
+        LbPolicy::RoundRobin => model::LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest => model::LbPolicy::LeastRequest,
+        LbPolicy::Random => model::LbPolicy::Random,
+        LbPolicy::RingHash => model::LbPolicy::RingHash,
+        LbPolicy::Maglev => model::LbPolicy::Maglev {
+            table_size: maglev_table_size(maglev_config, &join(path, "maglev_lb_config.table_size"))?,
+        },
+        other => {
+            return Err(ConfigError::field(
+                policy_path,
+                format!(
+                    "{} is not supported by keel; use ROUND_ROBIN, LEAST_REQUEST, RANDOM, MAGLEV or RING_HASH",
+                    other.as_str_name()
+                ),
+            ))
+        }
+    };
+
+    let endpoints = match &c.load_assignment {
+        Some(assignment) => load_assignment(assignment, &join(path, "load_assignment"))?,
+        None => Vec::new(),
+    };
+    Ok(model::Cluster {
+        name: c.name.clone(),
+        connect_timeout,
+        lb_policy,
+        endpoints,
+    })
+}
+
+fn maglev_table_size(config: Option<&cluster::cluster::MaglevLbConfig>, path: &str) -> Result<u32> {
+    let size = config
+        .and_then(|c| c.table_size.as_ref())
+        .map_or(DEFAULT_MAGLEV_TABLE_SIZE, |v| v.value);
+    if size > MAX_MAGLEV_TABLE_SIZE || !is_prime(size) {
+        return Err(ConfigError::field(
+            path,
+            format!(
+                "{size} is not a prime number of at most {MAX_MAGLEV_TABLE_SIZE}; Maglev needs a prime \
+                 table size, such as 65537 (the default), 251 or 5000011"
+            ),
+        ));
+    }
+    Ok(u32::try_from(size).expect("at most MAX_MAGLEV_TABLE_SIZE"))
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+fn load_assignment(
+    assignment: &endpoint::ClusterLoadAssignment,
+    path: &str,
+) -> Result<Vec<model::Endpoint>> {
+    if assignment.cluster_name.is_empty() {
+        return Err(ConfigError::field(
+            join(path, "cluster_name"),
+            "missing; Envoy requires it (usually the cluster's own name)",
+        ));
+    }
+    let mut endpoints = Vec::new();
+    let localities_path = join(path, "endpoints");
+    for (i, locality) in assignment.endpoints.iter().enumerate() {
+        let locality_path = index(&localities_path, i);
+        // Locality weights only matter with locality-weighted balancing (not supported),
+        // so Envoy ignores them too; still, 0 is invalid in Envoy.
+        if let Some(weight) = &locality.load_balancing_weight {
+            if weight.value == 0 {
+                return Err(ConfigError::field(
+                    join(&locality_path, "load_balancing_weight"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let lb_endpoints_path = join(&locality_path, "lb_endpoints");
+        for (j, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
+            endpoints.push(convert_endpoint(
+                lb_endpoint,
+                &index(&lb_endpoints_path, j),
+            )?);
+        }
+    }
+    Ok(endpoints)
+}
+
+fn convert_endpoint(lb_endpoint: &endpoint::LbEndpoint, path: &str) -> Result<model::Endpoint> {
+    let endpoint_path = join(path, "endpoint");
+    let endpoint = match &lb_endpoint.host_identifier {
+        Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint)) => endpoint,
+        Some(endpoint::lb_endpoint::HostIdentifier::EndpointName(_)) => {
+            return Err(ConfigError::field(
+                join(path, "endpoint_name"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                endpoint_path,
+                "missing; give endpoint.address.socket_address with address and port_value",
+            ))
+        }
+    };
+    let address_path = join(&endpoint_path, "address");
+    let Some(address) = &endpoint.address else {
+        return Err(ConfigError::field(
+            address_path,
+            "missing; an endpoint needs address.socket_address with address and port_value",
+        ));
+    };
+    let (address, protocol) = socket_address(address, &address_path, PortRule::NonZero)?;
+    if protocol != model::Protocol::Tcp {
+        return Err(ConfigError::field(
+            join(&address_path, "socket_address.protocol"),
+            "UDP endpoints are not supported yet; keel proxies TCP",
+        ));
+    }
+    let weight = match &lb_endpoint.load_balancing_weight {
+        None => 1,
+        Some(w) if w.value == 0 => {
+            return Err(ConfigError::field(
+                join(path, "load_balancing_weight"),
+                "must be at least 1 (leave it out for the default of 1)",
+            ))
+        }
+        Some(w) => w.value,
+    };
+    Ok(model::Endpoint { address, weight })
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared pieces.
+
+/// Whether port 0 is allowed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortRule {
+    /// Listeners and admin: port 0 asks the kernel for a free port.
+    AnyPort,
+    /// Endpoints: a connection needs a real port.
+    NonZero,
+}
+
+/// Reads `address.socket_address` (at `path`, the path of the `Address`).
+fn socket_address(
+    address: &core::Address,
+    path: &str,
+    ports: PortRule,
+) -> Result<(SocketAddr, model::Protocol)> {
+    let socket_path = join(path, "socket_address");
+    let socket = match &address.address {
+        Some(core::address::Address::SocketAddress(socket)) => socket,
+        Some(core::address::Address::Pipe(_)) => {
+            return Err(ConfigError::field(
+                join(path, "pipe"),
+                "field not supported by keel",
+            ))
+        }
+        Some(core::address::Address::EnvoyInternalAddress(_)) => {
+            return Err(ConfigError::field(
+                join(path, "envoy_internal_address"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                socket_path,
+                "missing; give socket_address with address and port_value",
+            ))
+        }
+    };
+    let ip_path = join(&socket_path, "address");
+    if socket.address.is_empty() {
+        return Err(ConfigError::field(
+            ip_path,
+            "missing; give an IPv4 or IPv6 address such as 10.0.0.1 or ::1",
+        ));
+    }
+    let ip: IpAddr = socket.address.parse().map_err(|_| {
+        let text = &socket.address;
+        let message = if text.starts_with('[') && text.ends_with(']') {
+            format!(
+                "\"{text}\" is not an IP address; write IPv6 addresses without brackets, e.g. ::1"
+            )
+        } else if text.contains(':') {
+            format!("\"{text}\" is not a valid IPv6 address")
+        } else if text.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            format!("\"{text}\" is not a valid IPv4 address")
+        } else {
+            format!(
+                "\"{text}\" is not an IP address; keel needs an IPv4 or IPv6 literal here \
+                 (it does not resolve host names in static configuration)"
+            )
+        };
+        ConfigError::field(&ip_path, message)
+    })?;
+    let port_path = join(&socket_path, "port_value");
+    let port = match &socket.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(port)) => *port,
+        Some(core::socket_address::PortSpecifier::NamedPort(_)) => {
+            return Err(ConfigError::field(
+                join(&socket_path, "named_port"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                port_path,
+                format!("missing; the address {ip} needs a port"),
+            ))
+        }
+    };
+    let port = u16::try_from(port).map_err(|_| {
+        ConfigError::field(&port_path, format!("{port} is not a port (at most 65535)"))
+    })?;
+    if port == 0 && ports == PortRule::NonZero {
+        return Err(ConfigError::field(
+            port_path,
+            "port 0 cannot be connected to; give the endpoint's port",
+        ));
+    }
+    let protocol = match core::socket_address::Protocol::try_from(socket.protocol) {
+        Ok(core::socket_address::Protocol::Tcp) => model::Protocol::Tcp,
+        Ok(core::socket_address::Protocol::Udp) => model::Protocol::Udp,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(&socket_path, "protocol"),
+                format!("unknown protocol {}; expected TCP or UDP", socket.protocol),
+            ))
+        }
+    };
+    Ok((SocketAddr::new(ip, port), protocol))
+}
+
+/// A protobuf duration as a std one; negative durations are errors.
+fn duration(d: &wkt::Duration, path: &str) -> Result<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(ConfigError::field(path, "must not be negative"));
+    }
+    let nanos = u32::try_from(d.nanos).unwrap_or(0);
+    Ok(Duration::new(d.seconds.unsigned_abs(), nanos))
+}
+
+/// Decodes the payload of an `Any` whose type URL was already checked.
+fn decode_any<T: prost::Message + Default>(any: &wkt::Any, path: &str) -> Result<T> {
+    T::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::field(path, format!("cannot decode {}: {e}", any.type_url)))
+}

@@ -1,0 +1,161 @@
+//! `envoy.filters.network.tcp_proxy` in userspace.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::cluster::{maglev, random_table, round_robin_table};
+use crate::model::{self, Cluster, LbPolicy};
+
+/// Envoy's default tcp_proxy idle timeout.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// One tcp_proxy filter with its cluster's endpoints and balancing state.
+#[derive(Debug)]
+pub struct TcpProxy {
+    config: model::TcpProxy,
+    endpoints: Vec<SocketAddr>,
+    policy: LbPolicy,
+    /// Slot table for round robin, random and Maglev.
+    table: Vec<u32>,
+    cursor: AtomicU64,
+    /// Active connections per endpoint (least request).
+    active: Vec<AtomicU64>,
+    connect_timeout: Duration,
+}
+
+impl TcpProxy {
+    /// Builds the proxy for `cluster`.
+    pub fn new(config: model::TcpProxy, cluster: &Cluster) -> TcpProxy {
+        let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
+        let table = match cluster.lb_policy {
+            LbPolicy::RoundRobin => round_robin_table(&weights, 65_536),
+            LbPolicy::Random | LbPolicy::RingHash => random_table(&weights, 65_536),
+            LbPolicy::LeastRequest => Vec::new(),
+            LbPolicy::Maglev { table_size } => {
+                let ids: Vec<(Vec<u8>, u32)> = cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.to_string().into_bytes(), e.weight))
+                    .collect();
+                maglev::table(&ids, table_size)
+            }
+        };
+        TcpProxy {
+            config,
+            endpoints: cluster.endpoints.iter().map(|e| e.address).collect(),
+            policy: cluster.lb_policy,
+            table,
+            cursor: AtomicU64::new(0),
+            active: cluster.endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+            connect_timeout: cluster.connect_timeout,
+        }
+    }
+
+    /// Picks an endpoint index for a connection from `peer`.
+    fn pick(&self, peer: SocketAddr) -> Option<usize> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let from_table = |index: u64| self.table.get((index % self.table.len() as u64) as usize);
+        let slot = match self.policy {
+            LbPolicy::LeastRequest => {
+                return (0..self.endpoints.len()).min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
+            }
+            LbPolicy::RoundRobin => from_table(self.cursor.fetch_add(1, Ordering::Relaxed)),
+            LbPolicy::Random | LbPolicy::RingHash => from_table(rand::random::<u64>()),
+            // tcp_proxy has no hash key here: hash the downstream address.
+            LbPolicy::Maglev { .. } => {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+                from_table(hasher.hash_one(peer))
+            }
+        };
+        slot.map(|&s| s as usize)
+    }
+
+    /// Accepts connections until the task is aborted.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((downstream, peer)) => {
+                    let proxy = Arc::clone(&self);
+                    tokio::spawn(async move { proxy.handle(downstream, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!(stat_prefix = %self.config.stat_prefix, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, downstream: TcpStream, peer: SocketAddr) {
+        let Some(index) = self.pick(peer) else {
+            tracing::debug!(stat_prefix = %self.config.stat_prefix, "no healthy upstream");
+            return;
+        };
+        let endpoint = self.endpoints[index];
+        let upstream = match timeout(self.connect_timeout, TcpStream::connect(endpoint)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(e)) => {
+                tracing::debug!(%endpoint, "upstream connect failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%endpoint, "upstream connect timeout");
+                return;
+            }
+        };
+        let _ = downstream.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        self.active[index].fetch_add(1, Ordering::Relaxed);
+        let idle = match self.config.idle_timeout {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => Some(DEFAULT_IDLE_TIMEOUT),
+        };
+        if let Err(e) = copy_both_ways(downstream, upstream, idle).await {
+            tracing::debug!(%endpoint, "connection ended: {e}");
+        }
+        self.active[index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies bytes both ways until both directions have closed, or until `idle` passes
+/// with no byte in either direction. A half-close is passed on.
+async fn copy_both_ways(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
+    let (mut a_read, mut a_write) = a.split();
+    let (mut b_read, mut b_write) = b.split();
+    let mut a_buf = vec![0u8; 16 * 1024];
+    let mut b_buf = vec![0u8; 16 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    let far_future = Duration::from_secs(86_400 * 365);
+    let mut deadline = Instant::now() + idle.unwrap_or(far_future);
+    while a_open || b_open {
+        tokio::select! {
+            n = a_read.read(&mut a_buf), if a_open => {
+                let n = n?;
+                if n == 0 { a_open = false; b_write.shutdown().await?; } else { b_write.write_all(&a_buf[..n]).await?; }
+            }
+            n = b_read.read(&mut b_buf), if b_open => {
+                let n = n?;
+                if n == 0 { b_open = false; a_write.shutdown().await?; } else { a_write.write_all(&b_buf[..n]).await?; }
+            }
+            _ = sleep_until(deadline) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout"));
+            }
+        }
+        deadline = Instant::now() + idle.unwrap_or(far_future);
+    }
+    Ok(())
+}
