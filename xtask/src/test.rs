@@ -12,18 +12,41 @@ use crate::build::{self, EBPF_OBJECT_VARIABLE};
 use crate::{cmd, setup};
 
 /// Runs the whole test suite; an error when any test fails.
+///
+/// The privileged end-to-end tests (eBPF, cgroups, network namespaces) are marked
+/// `#[ignore]` with their reason. As root they are included; otherwise they are
+/// listed as ignored, never passed silently.
 pub fn run(extra_args: &[OsString]) -> Result<()> {
     setup::run_all()?;
+    // The tests run the keel binary too: build it with its eBPF object first.
     let object = build::build_ebpf_object()?;
+    build::build_keel(&object, build::Profile::Debug)?;
+    let privileged = nix::unistd::geteuid().is_root();
+    if !privileged {
+        println!("[test] not root: the privileged end-to-end tests will be reported as ignored");
+    }
     cmd::run(
         cmd::outer_cargo()
             .current_dir(build::workspace_root())
             .env(EBPF_OBJECT_VARIABLE, &object)
             .arg("test")
             .args(workspace_unless_packages_chosen(extra_args))
-            .args(extra_args),
+            .args(with_test_binary_args(extra_args, privileged)),
     )
     .context("tests failed")
+}
+
+/// The extra arguments, with `--include-ignored` passed to the test binaries when
+/// the privileged tests can run.
+fn with_test_binary_args(extra_args: &[OsString], privileged: bool) -> Vec<OsString> {
+    let mut args = extra_args.to_vec();
+    if privileged {
+        if !args.iter().any(|a| a == "--") {
+            args.push("--".into());
+        }
+        args.push("--include-ignored".into());
+    }
+    args
 }
 
 /// `--workspace`, unless the extra arguments pick packages themselves (`-p keel`),

@@ -12,9 +12,6 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::cluster::{maglev, random_table, round_robin_table};
 use crate::model::{self, Cluster, LbPolicy};
 
-/// Envoy's default tcp_proxy idle timeout.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
 /// One tcp_proxy filter with its cluster's endpoints and balancing state.
 #[derive(Debug)]
 pub struct TcpProxy {
@@ -115,12 +112,7 @@ impl TcpProxy {
         let _ = downstream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
         self.active[index].fetch_add(1, Ordering::Relaxed);
-        let idle = match self.config.idle_timeout {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None => Some(DEFAULT_IDLE_TIMEOUT),
-        };
-        if let Err(e) = copy_both_ways(downstream, upstream, idle).await {
+        if let Err(e) = copy_both_ways(downstream, upstream, self.config.idle_timeout).await {
             tracing::debug!(%endpoint, "connection ended: {e}");
         }
         self.active[index].fetch_sub(1, Ordering::Relaxed);

@@ -95,7 +95,8 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     /// `cluster`: the upstream cluster's name (checked to exist).
     pub cluster: String,
-    /// `idle_timeout`; Envoy's default is 1 hour, `0s` disables it.
+    /// `idle_timeout`: 1 hour when left out (Envoy's default); `None` when `0s`
+    /// disables it.
     pub idle_timeout: Option<Duration>,
 }
 
