@@ -106,7 +106,7 @@ fn steps(cgroup: PathBuf, bpffs: PathBuf) -> anyhow::Result<()> {
     println!("loaded {} kernel services from the embedded Envoy bootstrap:", services.len());
     for listener in &bootstrap.listeners {
         let cluster = bootstrap.clusters.iter().find(|c| {
-            listener.filter_chains.iter().flat_map(|f| &f.filters).any(|crate::model::NetworkFilter::TcpProxy(t)| t.cluster == c.name)
+            listener.filter_chains.iter().flat_map(|f| &f.filters).any(|f| matches!(f, crate::model::NetworkFilter::TcpProxy(t) if t.cluster == c.name))
         });
         if let Some(cluster) = cluster {
             println!("  {:<22} {:<17} lb_policy {:?}, endpoints {}", listener.name, listener.address,

@@ -4,12 +4,15 @@
 //! into these types and rejects what keel does not support; everything after that
 //! (listeners, clusters, the kernel data path) trusts them.
 
+pub mod http;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// A whole validated configuration: what one keel process serves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Bootstrap {
     /// `node` identity as given in the bootstrap or on the command line.
     pub node: Node,
@@ -49,7 +52,7 @@ pub enum Protocol {
 }
 
 /// A listener: an address and what to do with the connections made to it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Listener {
     /// `name`; unique.
     pub name: String,
@@ -73,7 +76,7 @@ pub enum Balancing {
 }
 
 /// One filter chain of a listener.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct FilterChain {
     /// `name` (may be empty).
     pub name: String,
@@ -82,10 +85,12 @@ pub struct FilterChain {
 }
 
 /// A network filter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum NetworkFilter {
     /// `envoy.filters.network.tcp_proxy`.
     TcpProxy(TcpProxy),
+    /// `envoy.filters.network.http_connection_manager` (shared: it is large).
+    HttpConnectionManager(Arc<http::HttpConnectionManager>),
 }
 
 /// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.

@@ -1,0 +1,453 @@
+//! Validated HTTP types: the HTTP connection manager, its route table and access
+//! logs. `config` builds them from `envoy.extensions.filters.network.
+//! http_connection_manager.v3.HttpConnectionManager`; `http` and `router` serve them.
+//!
+//! Regexes are compiled here, once per configuration, so the request path only
+//! matches.
+
+use std::time::Duration;
+
+/// `envoy.filters.network.http_connection_manager`.
+#[derive(Debug, Clone)]
+pub struct HttpConnectionManager {
+    /// `stat_prefix` (stats are `http.<stat_prefix>.*`).
+    pub stat_prefix: String,
+    /// `codec_type`.
+    pub codec: Codec,
+    /// `route_config` (inline; RDS comes with xDS).
+    pub route_config: RouteConfig,
+    /// `http_filters`, in order; the last is the router.
+    pub http_filters: Vec<HttpFilter>,
+    /// `access_log`.
+    pub access_logs: Vec<AccessLog>,
+    /// `use_remote_address`.
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops`.
+    pub xff_num_trusted_hops: u32,
+    /// `generate_request_id` (default true).
+    pub generate_request_id: bool,
+    /// `server_name` (Envoy's default is "envoy").
+    pub server_name: String,
+    /// `server_header_transformation`.
+    pub server_header: ServerHeader,
+    /// Timeouts of the connection manager.
+    pub timeouts: HttpTimeouts,
+    /// `common_http_protocol_options.max_headers_count` (default 100).
+    pub max_headers_count: u32,
+    /// `max_request_headers_kb` (default 60).
+    pub max_request_headers_kb: u32,
+    /// `normalize_path`.
+    pub normalize_path: bool,
+    /// `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `common_http_protocol_options.headers_with_underscores_action`.
+    pub headers_with_underscores: UnderscoreAction,
+    /// `http2_protocol_options`.
+    pub http2: Http2Options,
+    /// `upgrade_configs[*].upgrade_type`, lower-cased (e.g. "websocket").
+    pub upgrade_types: Vec<String>,
+}
+
+/// `codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1, or HTTP/2 by prior knowledge (h2c) or ALPN.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (h2c by prior knowledge on plaintext).
+    Http2,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    /// Always set `server: <server_name>` (Envoy's default).
+    Overwrite,
+    /// Set it only when the upstream sent none.
+    AppendIfAbsent,
+    /// Pass the upstream's through, add none.
+    PassThrough,
+}
+
+/// `headers_with_underscores_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreAction {
+    /// Allow (default).
+    Allow,
+    /// Reject the request with 400.
+    RejectRequest,
+    /// Drop the header.
+    DropHeader,
+}
+
+/// Connection-manager timeouts; `None` means disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// `request_timeout` (default disabled).
+    pub request: Option<Duration>,
+    /// `stream_idle_timeout` (default 5 minutes).
+    pub stream_idle: Option<Duration>,
+    /// `request_headers_timeout` (default disabled).
+    pub request_headers: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout` (default 1 hour).
+    pub connection_idle: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration`.
+    pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_stream_duration`.
+    pub max_stream_duration: Option<Duration>,
+    /// `drain_timeout` (default 5 s).
+    pub drain: Duration,
+}
+
+/// `http2_protocol_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Options {
+    /// `max_concurrent_streams` (default 2147483647).
+    pub max_concurrent_streams: u32,
+    /// `initial_stream_window_size` (default 268435456).
+    pub initial_stream_window_size: u32,
+    /// `initial_connection_window_size` (default 268435456).
+    pub initial_connection_window_size: u32,
+}
+
+/// An HTTP filter of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFilter {
+    /// `envoy.filters.http.router`.
+    Router,
+}
+
+/// `route_config`.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    /// `name`.
+    pub name: String,
+    /// `virtual_hosts`, in order.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Header changes at route-config level.
+    pub headers: HeaderMutations,
+}
+
+/// A virtual host.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    /// `name`.
+    pub name: String,
+    /// `domains`, lower-cased: exact, `*.suffix`, `prefix.*` or `*`.
+    pub domains: Vec<String>,
+    /// `routes`, in order; the first match wins.
+    pub routes: Vec<Route>,
+    /// Header changes at virtual-host level.
+    pub headers: HeaderMutations,
+}
+
+/// `request_headers_to_add` / `_remove` and the response counterparts.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMutations {
+    /// `request_headers_to_add`.
+    pub request_add: Vec<HeaderValueOption>,
+    /// `request_headers_to_remove`, lower-cased.
+    pub request_remove: Vec<String>,
+    /// `response_headers_to_add`.
+    pub response_add: Vec<HeaderValueOption>,
+    /// `response_headers_to_remove`, lower-cased.
+    pub response_remove: Vec<String>,
+}
+
+/// `HeaderValueOption`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderValueOption {
+    /// Header name, lower-cased.
+    pub name: String,
+    /// Value, with Envoy's `%VARIABLE%` substitutions still in it.
+    pub value: String,
+    /// `append_action`.
+    pub action: AppendAction,
+    /// `keep_empty_value`.
+    pub keep_empty_value: bool,
+}
+
+/// `HeaderValueOption.append_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendAction {
+    /// Append to existing values, or add (the default).
+    AppendIfExistsOrAdd,
+    /// Add only when absent.
+    AddIfAbsent,
+    /// Replace existing values, or add.
+    OverwriteIfExistsOrAdd,
+    /// Replace only when present.
+    OverwriteIfExists,
+}
+
+/// A route: a match and what to do.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `name`.
+    pub name: String,
+    /// `match`.
+    pub matcher: RouteMatch,
+    /// `route`, `redirect` or `direct_response`.
+    pub action: RouteAction,
+    /// Header changes at route level.
+    pub headers: HeaderMutations,
+}
+
+/// `match`.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The path specifier.
+    pub path: PathMatch,
+    /// `case_sensitive` (default true).
+    pub case_sensitive: bool,
+    /// `headers`.
+    pub headers: Vec<HeaderMatcher>,
+    /// `query_parameters`.
+    pub query_parameters: Vec<QueryParameterMatcher>,
+    /// `grpc` set: only gRPC requests match.
+    pub grpc: bool,
+    /// `runtime_fraction` default value as parts per million.
+    pub runtime_fraction_ppm: Option<u32>,
+}
+
+/// The path specifier of a route match.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// `prefix`.
+    Prefix(String),
+    /// `path` (exact).
+    Exact(String),
+    /// `safe_regex`, matched against the whole path (without the query).
+    Regex(regex::Regex),
+    /// `path_separated_prefix`: the prefix, then end of path, `?`, or `/`.
+    SeparatedPrefix(String),
+}
+
+/// `HeaderMatcher`.
+#[derive(Debug, Clone)]
+pub struct HeaderMatcher {
+    /// Header name, lower-cased (`:authority`, `:method`, `:path` are pseudo-headers).
+    pub name: String,
+    /// How the value is matched.
+    pub rule: ValueMatch,
+    /// `invert_match`.
+    pub invert: bool,
+    /// `treat_missing_header_as_empty`.
+    pub treat_missing_as_empty: bool,
+}
+
+/// A value matcher (header or query parameter).
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    /// `present_match: true` (or the parameter is present).
+    Present,
+    /// `present_match: false`: the header is absent.
+    Absent,
+    /// `exact_match`, `prefix_match`, `suffix_match`, `contains_match` or the same
+    /// under `string_match`.
+    String(StringMatcher),
+    /// `safe_regex_match` / `string_match.safe_regex`: the whole value.
+    Regex(regex::Regex),
+    /// `range_match`: `start` inclusive, `end` exclusive.
+    Range {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
+}
+
+/// A literal string comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringMatcher {
+    /// How the value is compared.
+    pub kind: StringMatchKind,
+    /// The literal (lower-cased when `ignore_case`).
+    pub value: String,
+    /// `ignore_case`.
+    pub ignore_case: bool,
+}
+
+/// How a [`StringMatcher`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMatchKind {
+    /// Equal.
+    Exact,
+    /// Starts with.
+    Prefix,
+    /// Ends with.
+    Suffix,
+    /// Contains.
+    Contains,
+}
+
+/// `QueryParameterMatcher`.
+#[derive(Debug, Clone)]
+pub struct QueryParameterMatcher {
+    /// Parameter name.
+    pub name: String,
+    /// `string_match`, or `Present` for `present_match`.
+    pub rule: ValueMatch,
+}
+
+/// What a route does.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// `route`: forward upstream.
+    Forward(Box<ForwardAction>),
+    /// `redirect`.
+    Redirect(Redirect),
+    /// `direct_response`.
+    DirectResponse {
+        /// `status`.
+        status: u16,
+        /// `body.inline_string` (or inline_bytes).
+        body: Option<bytes::Bytes>,
+    },
+}
+
+/// `route` action.
+#[derive(Debug, Clone)]
+pub struct ForwardAction {
+    /// Which cluster.
+    pub cluster: ClusterSpecifier,
+    /// `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite` (pattern, substitution).
+    pub regex_rewrite: Option<(regex::Regex, String)>,
+    /// Host rewrite.
+    pub host_rewrite: HostRewrite,
+    /// `timeout` (default 15 s; `None` when `0s` disables it).
+    pub timeout: Option<Duration>,
+    /// `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// `request_mirror_policies`: (cluster, parts per million of requests).
+    pub mirrors: Vec<(String, u32)>,
+    /// `retry_policy` (filled in by the upstream work).
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// Which cluster a forward goes to.
+#[derive(Debug, Clone)]
+pub enum ClusterSpecifier {
+    /// `cluster`.
+    Cluster(String),
+    /// `weighted_clusters`: (name, weight); the weights are > 0 in total.
+    Weighted(Vec<(String, u32)>),
+    /// `cluster_header`: the cluster named by this request header (lower-cased).
+    Header(String),
+}
+
+/// Host rewrite of a forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRewrite {
+    /// Keep the host.
+    None,
+    /// `host_rewrite_literal`.
+    Literal(String),
+    /// `auto_host_rewrite`: the upstream endpoint's address (or hostname).
+    Auto,
+}
+
+/// `retry_policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `retry_on`, split on commas.
+    pub retry_on: Vec<String>,
+    /// `num_retries` (default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout`.
+    pub per_try_timeout: Option<Duration>,
+    /// `retriable_status_codes`.
+    pub retriable_status_codes: Vec<u16>,
+}
+
+/// `redirect`.
+#[derive(Debug, Clone, Default)]
+pub struct Redirect {
+    /// `scheme_redirect` or `https_redirect` ("https").
+    pub scheme: Option<String>,
+    /// `host_redirect`.
+    pub host: Option<String>,
+    /// `port_redirect`.
+    pub port: Option<u16>,
+    /// `path_redirect`.
+    pub path: Option<String>,
+    /// `prefix_rewrite`.
+    pub prefix_rewrite: Option<String>,
+    /// `response_code` (default 301).
+    pub status: u16,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// An access log.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    /// Where lines go.
+    pub sink: AccessLogSink,
+    /// How a line is formatted.
+    pub format: AccessLogFormat,
+    /// `filter`.
+    pub filter: Option<AccessLogFilter>,
+}
+
+/// Where an access log writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// `envoy.access_loggers.file` with `path`.
+    File(std::path::PathBuf),
+    /// `envoy.access_loggers.stdout`.
+    Stdout,
+    /// `envoy.access_loggers.stderr`.
+    Stderr,
+}
+
+/// The format of an access log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// A format string with `%COMMAND%` operators (Envoy's default when unset). A
+    /// newline is appended when the format has none.
+    Text(String),
+    /// `json_format`: keys and format strings, in order.
+    Json(Vec<(String, String)>),
+}
+
+/// `AccessLogFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogFilter {
+    /// `status_code_filter`.
+    StatusCode(Comparison),
+    /// `duration_filter` (milliseconds).
+    Duration(Comparison),
+    /// `not_health_check_filter`.
+    NotHealthCheck,
+    /// `and_filter`.
+    And(Vec<AccessLogFilter>),
+    /// `or_filter`.
+    Or(Vec<AccessLogFilter>),
+}
+
+/// `ComparisonFilter` with its runtime default value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comparison {
+    /// `op`.
+    pub op: ComparisonOp,
+    /// `value.default_value`.
+    pub value: u64,
+}
+
+/// `ComparisonFilter.Op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComparisonOp {
+    /// `EQ`.
+    Eq,
+    /// `GE`.
+    Ge,
+    /// `LE`.
+    Le,
+}
+
+/// Envoy's default access-log format.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
