@@ -68,7 +68,8 @@ fn compile_descriptors(manifest: &Path, out: &Path) {
     let mut cfg = prost_build::Config::new();
     cfg.skip_protoc_run();
     let own_fds = prost_types_subset(&fds, &own);
-    cfg.compile_fds(own_fds).expect("generate Rust for proto/keel");
+    cfg.compile_fds(own_fds)
+        .expect("generate Rust for proto/keel");
 }
 
 /// The descriptor set restricted to the given files (prost-build generates code for
@@ -93,7 +94,13 @@ fn envoy_types_dir(manifest: &Path) -> PathBuf {
     // Filtering to the host platform keeps cargo from fetching other platforms' crates.
     let target = env::var("TARGET").expect("TARGET is set by cargo");
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--filter-platform", &target])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &target,
+        ])
         .current_dir(manifest)
         .output()
         .expect("run cargo metadata");
@@ -110,12 +117,17 @@ fn envoy_types_dir(manifest: &Path) -> PathBuf {
         .find(|p| p["name"] == "envoy-types")
         .and_then(|p| p["manifest_path"].as_str())
         .expect("envoy-types is a dependency of keel");
-    Path::new(manifest_path).parent().expect("package folder").to_path_buf()
+    Path::new(manifest_path)
+        .parent()
+        .expect("package folder")
+        .to_path_buf()
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -137,7 +149,10 @@ fn embed_ebpf_object(out: &Path) {
             let path = PathBuf::from(path);
             println!("cargo:rerun-if-changed={}", path.display());
             std::fs::copy(&path, &target).unwrap_or_else(|e| {
-                panic!("KEEL_EBPF_OBJECT={}: cannot read the eBPF object: {e}", path.display())
+                panic!(
+                    "KEEL_EBPF_OBJECT={}: cannot read the eBPF object: {e}",
+                    path.display()
+                )
             });
             println!("cargo:rustc-cfg=keel_ebpf");
         }

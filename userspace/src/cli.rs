@@ -105,7 +105,9 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn config_name(cli: &Cli) -> String {
@@ -175,7 +177,10 @@ fn start_datapath(
     services: &[datapath::KernelService],
 ) -> anyhow::Result<Option<Datapath>> {
     if !datapath::is_built_in() {
-        tracing::warn!("kernel data path unavailable: {}", datapath::DatapathError::NotBuiltIn);
+        tracing::warn!(
+            "kernel data path unavailable: {}",
+            datapath::DatapathError::NotBuiltIn
+        );
     }
     if services.is_empty() {
         return Ok(None);
@@ -183,7 +188,9 @@ fn start_datapath(
     let settings = bootstrap.datapath.clone();
     match Datapath::load(settings.cgroup_path.as_deref(), &settings.bpffs_path) {
         Ok(mut datapath) => {
-            datapath.sync(services).context("writing the services into the BPF maps")?;
+            datapath
+                .sync(services)
+                .context("writing the services into the BPF maps")?;
             tracing::info!(
                 cgroup = %datapath.cgroup().display(),
                 services = services.len(),
@@ -229,11 +236,17 @@ fn init_logging(level: &str, components: Option<&str>) -> anyhow::Result<()> {
             "warn" | "warning" => "warn",
             "error" | "err" | "critical" => "error",
             "off" => "off",
-            other => bail!("--log-level {other}: expected trace, debug, info, warn, error, critical or off"),
+            other => bail!(
+                "--log-level {other}: expected trace, debug, info, warn, error, critical or off"
+            ),
         })
     };
     let mut filter = map(level)?.to_string();
-    for part in components.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+    for part in components
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
         let (component, level) = part
             .split_once(':')
             .with_context(|| format!("--component-log-level {part}: expected component:level"))?;

@@ -40,7 +40,9 @@ impl Sandbox {
         // A private network namespace for this process: loopback only.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .context("creating the demo's network namespace")?;
-        let status = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
         if !status.map(|s| s.success()).unwrap_or(false) {
             bail!("`ip link set lo up` failed in the demo namespace (is iproute2 installed?)");
         }
@@ -50,11 +52,18 @@ impl Sandbox {
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
             .with_context(|| format!("joining cgroup {}", cgroup.display()))?;
-        Ok(Sandbox { cgroup, parent_cgroup: root, bpffs: PathBuf::from(format!("/sys/fs/bpf/keel-demo-{pid}")) })
+        Ok(Sandbox {
+            cgroup,
+            parent_cgroup: root,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/keel-demo-{pid}")),
+        })
     }
 
     fn remove(&self) {
-        let _ = std::fs::write(self.parent_cgroup.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::write(
+            self.parent_cgroup.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.bpffs);
     }
@@ -69,15 +78,20 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the demo loads eBPF programs and needs root");
     }
     let sandbox = Sandbox::create()?;
-    println!("keel demo: network namespace (loopback only), cgroup {}, maps pinned in {}\n",
-        sandbox.cgroup.display(), sandbox.bpffs.display());
+    println!(
+        "keel demo: network namespace (loopback only), cgroup {}, maps pinned in {}\n",
+        sandbox.cgroup.display(),
+        sandbox.bpffs.display()
+    );
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let cgroup = sandbox.cgroup.clone();
     let bpffs = sandbox.bpffs.clone();
     std::thread::spawn(move || {
         let _ = done_tx.send(steps(cgroup, bpffs));
     });
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         tokio::select! {
             r = tokio::task::spawn_blocking(move || done_rx.recv()) => r.ok().and_then(Result::ok),
@@ -103,19 +117,37 @@ fn steps(cgroup: PathBuf, bpffs: PathBuf) -> anyhow::Result<()> {
     let services = datapath::kernel_services(&bootstrap)?;
     let mut datapath = Datapath::load(Some(&cgroup), &bpffs)?;
     datapath.sync(&services)?;
-    println!("loaded {} kernel services from the embedded Envoy bootstrap:", services.len());
+    println!(
+        "loaded {} kernel services from the embedded Envoy bootstrap:",
+        services.len()
+    );
     for listener in &bootstrap.listeners {
         let cluster = bootstrap.clusters.iter().find(|c| {
-            listener.filter_chains.iter().flat_map(|f| &f.filters).any(|f| matches!(f, crate::model::NetworkFilter::TcpProxy(t) if t.cluster == c.name))
+            listener.filter_chains.iter().flat_map(|f| &f.filters).any(
+                |f| matches!(f, crate::model::NetworkFilter::TcpProxy(t) if t.cluster == c.name),
+            )
         });
         if let Some(cluster) = cluster {
-            println!("  {:<22} {:<17} lb_policy {:?}, endpoints {}", listener.name, listener.address,
-                cluster.lb_policy, cluster.endpoints.iter().map(|e| format!("{}×{}", e.address, e.weight)).collect::<Vec<_>>().join(" "));
+            println!(
+                "  {:<22} {:<17} lb_policy {:?}, endpoints {}",
+                listener.name,
+                listener.address,
+                cluster.lb_policy,
+                cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{}×{}", e.address, e.weight))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
     }
     println!();
     for listener in &bootstrap.listeners {
-        println!("{} ({}): 9 connections, one after another", listener.name, listener.address);
+        println!(
+            "{} ({}): 9 connections, one after another",
+            listener.name, listener.address
+        );
         let mut landed = Vec::new();
         for _ in 0..9 {
             let (backend, peer) = ask(listener.address)?;
@@ -126,8 +158,13 @@ fn steps(cgroup: PathBuf, bpffs: PathBuf) -> anyhow::Result<()> {
         }
         println!("  landed on: {}", landed.join(", "));
     }
-    println!("\nleast connections with 4 connections held open to {}:", bootstrap.listeners[1].address);
-    let held: Vec<TcpStream> = (0..4).map(|_| hold(bootstrap.listeners[1].address)).collect::<anyhow::Result<_>>()?;
+    println!(
+        "\nleast connections with 4 connections held open to {}:",
+        bootstrap.listeners[1].address
+    );
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| hold(bootstrap.listeners[1].address))
+        .collect::<anyhow::Result<_>>()?;
     print_state(&datapath);
     let (backend, _) = ask(bootstrap.listeners[1].address)?;
     println!("  the next connection goes to the least loaded backend: {backend}");
@@ -140,8 +177,18 @@ fn steps(cgroup: PathBuf, bpffs: PathBuf) -> anyhow::Result<()> {
 
 fn print_state(datapath: &Datapath) {
     for service in datapath.state() {
-        let backends: Vec<String> = service.backends.iter().map(|(a, w, n)| format!("{a} w{w} conns={n}")).collect();
-        println!("  map KEEL_SERVICES {:<17} {:<13} set {:<3} | {}", service.address, service.policy, service.backend_set, backends.join(" | "));
+        let backends: Vec<String> = service
+            .backends
+            .iter()
+            .map(|(a, w, n)| format!("{a} w{w} conns={n}"))
+            .collect();
+        println!(
+            "  map KEEL_SERVICES {:<17} {:<13} set {:<3} | {}",
+            service.address,
+            service.policy,
+            service.backend_set,
+            backends.join(" | ")
+        );
     }
 }
 
@@ -158,13 +205,15 @@ fn ask(address: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
 
 /// Connects and keeps the connection open.
 fn hold(address: SocketAddr) -> anyhow::Result<TcpStream> {
-    TcpStream::connect_timeout(&address, Duration::from_secs(2)).with_context(|| format!("connecting to {address}"))
+    TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {address}"))
 }
 
 /// A backend that answers every connection with its name and closes... unless the
 /// client keeps it open, in which case it waits for the client to close.
 fn start_backend(name: &'static str, address: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(address).with_context(|| format!("binding backend {name} on {address}"))?;
+    let listener = TcpListener::bind(address)
+        .with_context(|| format!("binding backend {name} on {address}"))?;
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             std::thread::spawn(move || {

@@ -14,3 +14,5 @@ pub mod datapath;
 pub mod demo;
 pub mod listener;
 pub mod model;
+pub mod observe;
+pub mod router;

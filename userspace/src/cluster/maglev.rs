@@ -87,7 +87,9 @@ mod tests {
     use super::*;
 
     fn ids(n: usize) -> Vec<(Vec<u8>, u32)> {
-        (0..n).map(|i| (format!("10.0.0.{i}:80").into_bytes(), 1)).collect()
+        (0..n)
+            .map(|i| (format!("10.0.0.{i}:80").into_bytes(), 1))
+            .collect()
     }
 
     #[test]
@@ -142,6 +144,10 @@ mod tests {
             .count();
         let disrupted = moved as f64 / before.len() as f64;
         // Entries of the removed backend must move; of the rest, only a few percent.
-        assert!(disrupted < 0.03, "{:.3} of the other entries moved", disrupted);
+        assert!(
+            disrupted < 0.03,
+            "{:.3} of the other entries moved",
+            disrupted
+        );
     }
 }

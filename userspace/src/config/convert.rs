@@ -75,6 +75,7 @@ pub(super) fn bootstrap(b: &bootstrap::Bootstrap) -> Result<model::Bootstrap> {
         listeners,
         clusters,
         datapath,
+        config_dump: serde_json::Value::Null,
     })
 }
 
@@ -604,6 +605,7 @@ fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model::Cluster> {
         connect_timeout,
         lb_policy,
         endpoints,
+        upstream_protocol: model::UpstreamProtocol::Http1,
     })
 }
 

@@ -99,12 +99,14 @@ fn good_model() -> Bootstrap {
                     weight: 1,
                 },
             ],
+            upstream_protocol: crate::model::UpstreamProtocol::Http1,
         }],
         datapath: Datapath {
             cgroup_path: Some(PathBuf::from("/sys/fs/cgroup/mesh")),
             bpffs_path: PathBuf::from("/sys/fs/bpf/keel"),
             on_unavailable: WhenUnavailable::Userspace,
         },
+        config_dump: serde_json::Value::Null,
     }
 }
 
@@ -170,7 +172,10 @@ const ENDPOINT: &str = "{address: 10.0.0.1, port_value: 80}";
 
 #[test]
 fn good_config_converts_to_the_model() {
-    assert_eq!(format!("{:?}", load_yaml(GOOD)), format!("{:?}", good_model()));
+    assert_eq!(
+        format!("{:?}", load_yaml(GOOD)),
+        format!("{:?}", good_model())
+    );
 }
 
 #[test]

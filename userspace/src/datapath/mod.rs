@@ -108,7 +108,10 @@ impl DatapathError {
     /// True when the kernel path is simply not available here (as opposed to a bug or
     /// a bad argument): the cases where a config may ask for the userspace fallback.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::NotBuiltIn | Self::NotRoot | Self::Load(_) | Self::Program { .. })
+        matches!(
+            self,
+            Self::NotBuiltIn | Self::NotRoot | Self::Load(_) | Self::Program { .. }
+        )
     }
 }
 
@@ -180,8 +183,13 @@ pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
 /// Makes sure `dir` is a folder on a bpffs, mounting one at its parent when the
 /// parent is not a bpffs yet (as on hosts that never mounted /sys/fs/bpf).
 fn prepare_bpffs(dir: &Path) -> Result<(), DatapathError> {
-    let bad = |message: String| DatapathError::Bpffs { path: dir.to_path_buf(), message };
-    let parent = dir.parent().ok_or_else(|| bad("has no parent folder".into()))?;
+    let bad = |message: String| DatapathError::Bpffs {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let parent = dir
+        .parent()
+        .ok_or_else(|| bad("has no parent folder".into()))?;
     let on_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
             .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
@@ -215,23 +223,31 @@ impl Datapath {
             Some(path) => path.to_path_buf(),
             None => cgroup2_root()?,
         };
-        let cgroup_dir = File::open(&cgroup)
-            .map_err(|source| DatapathError::Cgroup { path: cgroup.clone(), source })?;
+        let cgroup_dir = File::open(&cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.clone(),
+            source,
+        })?;
         prepare_bpffs(bpffs)?;
 
         // Attached through bpf links, which always stack with other programs on the
         // cgroup (the kernel rejects BPF_F_ALLOW_MULTI on a link; `Single` passes 0).
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(bpffs).load(EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(bpffs)
+            .load(EBPF_OBJECT)?;
         for &name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            program.load().map_err(|source| DatapathError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
             program
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS_PROGRAM)?;
         let name = SOCK_OPS_PROGRAM;
-        sock_ops.load().map_err(|source| DatapathError::Program { name, source })?;
+        sock_ops
+            .load()
+            .map_err(|source| DatapathError::Program { name, source })?;
         sock_ops
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .map_err(|source| DatapathError::Program { name, source })?;
@@ -284,7 +300,9 @@ impl Datapath {
             self.services.iter().filter_map(Result::ok).collect();
         for (address, old) in in_kernel {
             if !wanted_addresses.contains(&address) {
-                self.services.remove(&address).map_err(map_err(map_names::SERVICES))?;
+                self.services
+                    .remove(&address)
+                    .map_err(map_err(map_names::SERVICES))?;
                 self.published.remove(&address);
                 self.delete_backend_set(old.backend_set, old.backend_count, old.table_size)?;
             }
@@ -301,16 +319,28 @@ impl Datapath {
     fn publish(&mut self, service: &KernelService) -> Result<(), DatapathError> {
         let set = self.allocate_backend_set();
         for (slot, backend) in service.backends.iter().enumerate() {
-            let key = BackendKey { backend_set: set, slot: slot as u32 };
-            self.backends.insert(key, backend, 0).map_err(map_err(map_names::BACKENDS))?;
+            let key = BackendKey {
+                backend_set: set,
+                slot: slot as u32,
+            };
+            self.backends
+                .insert(key, backend, 0)
+                .map_err(map_err(map_names::BACKENDS))?;
             // Make the endpoint's count visible at 0 (keeps an adopted count as is).
             let _ = self.connections.insert(backend.address, 0, BPF_NOEXIST);
         }
         for (index, &slot) in service.table.iter().enumerate() {
-            let key = LbTableKey { backend_set: set, index: index as u32 };
-            self.lb_tables.insert(key, slot, 0).map_err(map_err(map_names::LB_TABLES))?;
+            let key = LbTableKey {
+                backend_set: set,
+                index: index as u32,
+            };
+            self.lb_tables
+                .insert(key, slot, 0)
+                .map_err(map_err(map_names::LB_TABLES))?;
         }
-        self.rr_cursors.insert(set, 0, 0).map_err(map_err(map_names::RR_CURSORS))?;
+        self.rr_cursors
+            .insert(set, 0, 0)
+            .map_err(map_err(map_names::RR_CURSORS))?;
         let value = Service {
             backend_set: set,
             backend_count: service.backends.len() as u32,
@@ -325,13 +355,22 @@ impl Datapath {
         if let Some(old) = old {
             self.delete_backend_set(old.backend_set, old.backend_count, old.table_size)?;
         }
-        self.published
-            .insert(service.address, Published { service: value, plan: service.clone() });
+        self.published.insert(
+            service.address,
+            Published {
+                service: value,
+                plan: service.clone(),
+            },
+        );
         Ok(())
     }
 
     fn allocate_backend_set(&mut self) -> u32 {
-        let in_use: HashSet<u32> = self.published.values().map(|p| p.service.backend_set).collect();
+        let in_use: HashSet<u32> = self
+            .published
+            .values()
+            .map(|p| p.service.backend_set)
+            .collect();
         loop {
             let id = self.next_backend_set;
             self.next_backend_set = self.next_backend_set.checked_add(1).unwrap_or(1);
@@ -341,12 +380,23 @@ impl Datapath {
         }
     }
 
-    fn delete_backend_set(&mut self, set: u32, count: u32, table_size: u32) -> Result<(), DatapathError> {
+    fn delete_backend_set(
+        &mut self,
+        set: u32,
+        count: u32,
+        table_size: u32,
+    ) -> Result<(), DatapathError> {
         for slot in 0..count {
-            let _ = self.backends.remove(&BackendKey { backend_set: set, slot });
+            let _ = self.backends.remove(&BackendKey {
+                backend_set: set,
+                slot,
+            });
         }
         for index in 0..table_size {
-            let _ = self.lb_tables.remove(&LbTableKey { backend_set: set, index });
+            let _ = self.lb_tables.remove(&LbTableKey {
+                backend_set: set,
+                index,
+            });
         }
         let _ = self.rr_cursors.remove(&set);
         Ok(())
@@ -355,19 +405,36 @@ impl Datapath {
     /// After adopting pinned maps, deletes backend sets that no service points at (left
     /// by a keel that stopped in the middle of an update).
     fn collect_orphans(&mut self) -> Result<(), DatapathError> {
-        let live: HashSet<u32> = self.services.iter().filter_map(Result::ok).map(|(_, s)| s.backend_set).collect();
-        let orphan_backends: Vec<BackendKey> =
-            self.backends.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.backend_set)).collect();
+        let live: HashSet<u32> = self
+            .services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, s)| s.backend_set)
+            .collect();
+        let orphan_backends: Vec<BackendKey> = self
+            .backends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.backend_set))
+            .collect();
         for key in orphan_backends {
             let _ = self.backends.remove(&key);
         }
-        let orphan_entries: Vec<LbTableKey> =
-            self.lb_tables.keys().filter_map(Result::ok).filter(|k| !live.contains(&k.backend_set)).collect();
+        let orphan_entries: Vec<LbTableKey> = self
+            .lb_tables
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.backend_set))
+            .collect();
         for key in orphan_entries {
             let _ = self.lb_tables.remove(&key);
         }
-        let orphan_cursors: Vec<u32> =
-            self.rr_cursors.keys().filter_map(Result::ok).filter(|k| !live.contains(k)).collect();
+        let orphan_cursors: Vec<u32> = self
+            .rr_cursors
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(k))
+            .collect();
         for key in orphan_cursors {
             let _ = self.rr_cursors.remove(&key);
         }
@@ -376,8 +443,10 @@ impl Datapath {
 
     /// Drops the count entries of endpoints no service uses that have no connection.
     fn forget_idle_endpoints(&mut self, wanted: &[KernelService]) -> Result<(), DatapathError> {
-        let used: HashSet<Address> =
-            wanted.iter().flat_map(|s| s.backends.iter().map(|b| b.address)).collect();
+        let used: HashSet<Address> = wanted
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
         let idle: Vec<Address> = self
             .connections
             .iter()
@@ -416,7 +485,10 @@ impl Datapath {
             .map(|(address, service)| {
                 let backends = (0..service.backend_count)
                     .filter_map(|slot| {
-                        let key = BackendKey { backend_set: service.backend_set, slot };
+                        let key = BackendKey {
+                            backend_set: service.backend_set,
+                            slot,
+                        };
                         self.backends.get(&key, 0).ok()
                     })
                     .map(|b| {
@@ -456,7 +528,9 @@ where
         name,
         source: ProgramError::UnexpectedProgramType,
     })?;
-    program.try_into().map_err(|source| DatapathError::Program { name, source })
+    program
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
 }
 
 fn take_map<K: aya::Pod, V: aya::Pod>(
@@ -465,7 +539,9 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
 ) -> Result<HashMap<MapData, K, V>, DatapathError> {
     let map = ebpf.take_map(name).ok_or(DatapathError::Map {
         name,
-        source: MapError::InvalidName { name: name.to_string() },
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
     })?;
     HashMap::try_from(map).map_err(map_err(name))
 }

@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use keel_common::{policy, protocol, Address, Backend, MAX_BACKENDS_PER_SERVICE, MAX_LB_TABLE_SIZE};
+use keel_common::{
+    policy, protocol, Address, Backend, MAX_BACKENDS_PER_SERVICE, MAX_LB_TABLE_SIZE,
+};
 
 use crate::cluster::{maglev, random_table, round_robin_table};
 use crate::model::{Balancing, Bootstrap, LbPolicy, NetworkFilter, Protocol};

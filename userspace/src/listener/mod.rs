@@ -87,7 +87,9 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
             ));
         };
         let [NetworkFilter::TcpProxy(config)] = chain.filters.as_slice() else {
-            return Err(unsupported("a filter chain is a single tcp_proxy filter for now"));
+            return Err(unsupported(
+                "a filter chain is a single tcp_proxy filter for now",
+            ));
         };
         let cluster = bootstrap
             .cluster(&config.cluster)
@@ -110,7 +112,11 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
 /// A listening socket with SO_REUSEADDR, SO_REUSEPORT (so workers and a restarted
 /// keel can share the port) and IP_FREEBIND (a service VIP need not be local).
 fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     if address.is_ipv4() {

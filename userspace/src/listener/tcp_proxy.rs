@@ -49,7 +49,11 @@ impl TcpProxy {
             policy: cluster.lb_policy,
             table,
             cursor: AtomicU64::new(0),
-            active: cluster.endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+            active: cluster
+                .endpoints
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             connect_timeout: cluster.connect_timeout,
         }
     }
@@ -62,14 +66,16 @@ impl TcpProxy {
         let from_table = |index: u64| self.table.get((index % self.table.len() as u64) as usize);
         let slot = match self.policy {
             LbPolicy::LeastRequest => {
-                return (0..self.endpoints.len()).min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
+                return (0..self.endpoints.len())
+                    .min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
             }
             LbPolicy::RoundRobin => from_table(self.cursor.fetch_add(1, Ordering::Relaxed)),
             LbPolicy::Random | LbPolicy::RingHash => from_table(rand::random::<u64>()),
             // tcp_proxy has no hash key here: hash the downstream address.
             LbPolicy::Maglev { .. } => {
                 use std::hash::{BuildHasher, BuildHasherDefault};
-                let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+                let hasher =
+                    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
                 from_table(hasher.hash_one(peer))
             }
         };

@@ -7,8 +7,8 @@
 pub mod http;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A whole validated configuration: what one keel process serves.
@@ -24,6 +24,8 @@ pub struct Bootstrap {
     pub clusters: Vec<Cluster>,
     /// Settings of the kernel data path (the `keel.v1.Datapath` bootstrap extension).
     pub datapath: Datapath,
+    /// The bootstrap as Envoy's proto3 JSON (for the admin `/config_dump`).
+    pub config_dump: serde_json::Value,
 }
 
 /// The node's identity (`node.id`, `node.cluster`).
@@ -116,6 +118,20 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     /// `load_assignment.endpoints[*].lb_endpoints[*]`, flattened in order.
     pub endpoints: Vec<Endpoint>,
+    /// The HTTP protocol spoken to the endpoints
+    /// (`typed_extension_protocol_options` `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// The HTTP protocol keel speaks to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 (`explicit_http_config.http2_protocol_options`), h2c on plaintext.
+    Http2,
+    /// The downstream request's protocol (`use_downstream_protocol_config`).
+    UseDownstream,
 }
 
 /// A cluster's load-balancing policy.

@@ -1,0 +1,1 @@
+//! Access logs: file, stdout and stderr sinks, text and JSON formats, filters.

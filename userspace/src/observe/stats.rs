@@ -1,0 +1,1 @@
+//! The stats store: counters, gauges and histograms under Envoy's stat names.
