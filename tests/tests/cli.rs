@@ -84,15 +84,7 @@ fn keel_serves_a_kernel_config_and_detaches_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start keel");
-    let mut log = BufReader::new(keel.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = log.next().expect("keel exited before serving").unwrap();
-        if line.contains("keel is serving") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "keel did not start");
-    }
+    wait_until_serving(&mut BufReader::new(keel.stderr.take().unwrap()).lines());
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080", "--count", "2"]);
     assert!(seen.iter().all(|e| e.backend == "b1"), "{seen:?}");
 
@@ -106,6 +98,18 @@ fn keel_serves_a_kernel_config_and_detaches_on_sigterm() {
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080"]);
     assert_eq!(seen[0].backend, "decoy", "hooks are detached after exit");
     let _ = std::fs::remove_file(config_path);
+}
+
+/// Reads keel's log until it says it is serving (30 s at most).
+fn wait_until_serving(log: &mut impl Iterator<Item = std::io::Result<String>>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in log {
+        if line.expect("read keel's log").contains("keel is serving") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "keel did not start within 30 s");
+    }
+    panic!("keel exited before serving");
 }
 
 /// Starts keel as an unprivileged user inside the sandbox's namespace, returns it
@@ -149,14 +153,7 @@ fn without_privileges_keel_exits_with_the_reason_or_falls_back_to_userspace() {
         "bootstrap_extensions:\n- name: keel.datapath\n  typed_config:\n    \"@type\": type.googleapis.com/keel.v1.Datapath\n    on_unavailable: USERSPACE\n{service}"
     );
     let (mut keel, mut log) = start_unprivileged_keel(&sandbox, &fallback);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = log.next().expect("keel exited before serving").unwrap();
-        if line.contains("keel is serving") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "keel did not start");
-    }
+    wait_until_serving(&mut log);
     // Any client, in the cgroup or not, reaches the backend through keel's userspace proxy.
     let seen = sandbox.exchanges(false, &["--to", "127.0.0.100:18080", "--count", "3"]);
     assert!(seen.iter().all(|e| e.backend == "b1"), "{seen:?}");
