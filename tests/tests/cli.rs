@@ -84,7 +84,8 @@ fn keel_serves_a_kernel_config_and_detaches_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start keel");
-    wait_until_serving(&mut BufReader::new(keel.stderr.take().unwrap()).lines());
+    let mut log = BufReader::new(keel.stderr.take().unwrap()).lines();
+    wait_until_serving(&mut log);
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080", "--count", "2"]);
     assert!(seen.iter().all(|e| e.backend == "b1"), "{seen:?}");
 
@@ -94,7 +95,8 @@ fn keel_serves_a_kernel_config_and_detaches_on_sigterm() {
     )
     .unwrap();
     let status = keel.wait().unwrap();
-    assert!(status.success(), "keel exits 0 on SIGTERM: {status}");
+    let rest: Vec<String> = log.map_while(Result::ok).collect();
+    assert!(status.success(), "keel exits 0 on SIGTERM: {status}; its log:\n{}", rest.join("\n"));
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080"]);
     assert_eq!(seen[0].backend, "decoy", "hooks are detached after exit");
     let _ = std::fs::remove_file(config_path);

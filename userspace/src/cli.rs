@@ -252,9 +252,26 @@ fn init_logging(level: &str, components: Option<&str>) -> anyhow::Result<()> {
             .with_context(|| format!("--component-log-level {part}: expected component:level"))?;
         filter.push_str(&format!(",keel::{component}={}", map(level)?));
     }
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| LossyStderr)
         .init();
     Ok(())
+}
+
+/// stderr for logs: a closed or broken stderr drops log lines instead of failing
+/// (a daemon must not die because whoever read its logs went away).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
