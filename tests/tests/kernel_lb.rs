@@ -10,7 +10,11 @@ use keel_tests::{kernel_config, services, tally, Sandbox};
 
 type Endpoints<'a> = &'a [(&'a str, u16, u32)];
 
-const THREE: Endpoints = &[("127.0.0.1", 9001, 1), ("127.0.0.1", 9002, 1), ("127.0.0.1", 9003, 1)];
+const THREE: Endpoints = &[
+    ("127.0.0.1", 9001, 1),
+    ("127.0.0.1", 9002, 1),
+    ("127.0.0.1", 9003, 1),
+];
 
 /// Starts backends b1.. on 127.0.0.1:9001.. in the sandbox.
 fn backends(sandbox: &Sandbox, n: u16) {
@@ -20,7 +24,11 @@ fn backends(sandbox: &Sandbox, n: u16) {
 }
 
 fn counts(datapath: &Datapath) -> BTreeMap<u16, u64> {
-    datapath.endpoint_connections().into_iter().map(|(a, n)| (a.port(), n)).collect()
+    datapath
+        .endpoint_connections()
+        .into_iter()
+        .map(|(a, n)| (a.port(), n))
+        .collect()
 }
 
 /// Waits until every endpoint's connection count is 0 and no socket is tracked.
@@ -49,13 +57,30 @@ fn vip(text: &str) -> SocketAddr {
 fn weighted_round_robin_follows_the_weights_exactly() {
     let sandbox = Sandbox::new("rr");
     backends(&sandbox, 3);
-    let weighted: Endpoints = &[("127.0.0.1", 9001, 3), ("127.0.0.1", 9002, 1), ("127.0.0.1", 9003, 1)];
+    let weighted: Endpoints = &[
+        ("127.0.0.1", 9001, 3),
+        ("127.0.0.1", 9002, 1),
+        ("127.0.0.1", 9003, 1),
+    ];
     let mut datapath = sandbox.datapath();
-    datapath.sync(&services(&kernel_config(&[("rr", "10.96.0.10:80", "ROUND_ROBIN", weighted)]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "rr",
+            "10.96.0.10:80",
+            "ROUND_ROBIN",
+            weighted,
+        )])))
+        .unwrap();
 
     let seen = sandbox.exchanges(true, &["--to", "10.96.0.10:80", "--count", "50"]);
-    let expected: BTreeMap<String, usize> = [("b1", 30), ("b2", 10), ("b3", 10)].map(|(b, n)| (b.to_string(), n)).into();
-    assert_eq!(tally(&seen), expected, "round robin over weights 3:1:1, 50 connections");
+    let expected: BTreeMap<String, usize> = [("b1", 30), ("b2", 10), ("b3", 10)]
+        .map(|(b, n)| (b.to_string(), n))
+        .into();
+    assert_eq!(
+        tally(&seen),
+        expected,
+        "round robin over weights 3:1:1, 50 connections"
+    );
     assert_counts_return_to_zero(&datapath);
 }
 
@@ -64,17 +89,34 @@ fn weighted_round_robin_follows_the_weights_exactly() {
 fn random_spreads_by_weight() {
     let sandbox = Sandbox::new("random");
     backends(&sandbox, 3);
-    let weighted: Endpoints = &[("127.0.0.1", 9001, 2), ("127.0.0.1", 9002, 1), ("127.0.0.1", 9003, 1)];
+    let weighted: Endpoints = &[
+        ("127.0.0.1", 9001, 2),
+        ("127.0.0.1", 9002, 1),
+        ("127.0.0.1", 9003, 1),
+    ];
     let mut datapath = sandbox.datapath();
-    datapath.sync(&services(&kernel_config(&[("random", "10.96.0.10:80", "RANDOM", weighted)]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "random",
+            "10.96.0.10:80",
+            "RANDOM",
+            weighted,
+        )])))
+        .unwrap();
 
     let seen = tally(&sandbox.exchanges(true, &["--to", "10.96.0.10:80", "--count", "400"]));
     // Expected 200/100/100; the bounds are five standard deviations wide.
     let b1 = seen.get("b1").copied().unwrap_or(0);
-    assert!((150..=250).contains(&b1), "b1 (weight 2) got {b1} of 400: {seen:?}");
+    assert!(
+        (150..=250).contains(&b1),
+        "b1 (weight 2) got {b1} of 400: {seen:?}"
+    );
     for b in ["b2", "b3"] {
         let n = seen.get(b).copied().unwrap_or(0);
-        assert!((60..=140).contains(&n), "{b} (weight 1) got {n} of 400: {seen:?}");
+        assert!(
+            (60..=140).contains(&n),
+            "{b} (weight 1) got {n} of 400: {seen:?}"
+        );
     }
     assert_counts_return_to_zero(&datapath);
 }
@@ -99,7 +141,9 @@ fn least_connections_counts_connections_held_open() {
     assert_eq!(counts(&datapath).get(&9001), Some(&4));
     // ... so six held least-connection connections go to b2 and b3, three each.
     let held = sandbox.hold("10.96.0.10:80", 6);
-    let expected: BTreeMap<String, usize> = [("b2", 3), ("b3", 3)].map(|(b, n)| (b.to_string(), n)).into();
+    let expected: BTreeMap<String, usize> = [("b2", 3), ("b3", 3)]
+        .map(|(b, n)| (b.to_string(), n))
+        .into();
     assert_eq!(tally(&held.exchanges), expected);
     let expected_counts: BTreeMap<u16, u64> = [(9001, 4), (9002, 3), (9003, 3)].into();
     assert_eq!(counts(&datapath), expected_counts);
@@ -117,7 +161,15 @@ fn maglev_flows(sandbox: &Sandbox, n: usize) -> Vec<String> {
     sandbox
         .exchanges(
             true,
-            &["--to", "10.96.0.10:80", "--count", &n.to_string(), "--bind", "127.0.0.2:40000", "--reset"],
+            &[
+                "--to",
+                "10.96.0.10:80",
+                "--count",
+                &n.to_string(),
+                "--bind",
+                "127.0.0.2:40000",
+                "--reset",
+            ],
         )
         .into_iter()
         .map(|e| e.backend)
@@ -131,23 +183,51 @@ fn maglev_keeps_flows_and_remaps_about_one_nth_when_a_backend_leaves() {
     backends(&sandbox, 5);
     let five: Vec<(&str, u16, u32)> = (1..=5).map(|i| ("127.0.0.1", 9000 + i, 1)).collect();
     let mut datapath = sandbox.datapath();
-    datapath.sync(&services(&kernel_config(&[("mg", "10.96.0.10:80", "MAGLEV", &five)]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "mg",
+            "10.96.0.10:80",
+            "MAGLEV",
+            &five,
+        )])))
+        .unwrap();
 
     const FLOWS: usize = 200;
     let first = maglev_flows(&sandbox, FLOWS);
     let again = maglev_flows(&sandbox, FLOWS);
     assert_eq!(first, again, "the same flows must reach the same backends");
     let spread: std::collections::BTreeSet<&String> = first.iter().collect();
-    assert_eq!(spread.len(), 5, "flows spread over all backends: {spread:?}");
+    assert_eq!(
+        spread.len(),
+        5,
+        "flows spread over all backends: {spread:?}"
+    );
 
     // Remove b5: its flows must move, and few others.
-    datapath.sync(&services(&kernel_config(&[("mg", "10.96.0.10:80", "MAGLEV", &five[..4])]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "mg",
+            "10.96.0.10:80",
+            "MAGLEV",
+            &five[..4],
+        )])))
+        .unwrap();
     let after = maglev_flows(&sandbox, FLOWS);
     let on_b5 = first.iter().filter(|b| *b == "b5").count();
-    let moved_others = first.iter().zip(&after).filter(|(b, a)| *b != "b5" && b != a).count();
-    assert!(after.iter().all(|b| b != "b5"), "no flow may reach the removed backend");
+    let moved_others = first
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *b != "b5" && b != a)
+        .count();
+    assert!(
+        after.iter().all(|b| b != "b5"),
+        "no flow may reach the removed backend"
+    );
     let moved = (on_b5 + moved_others) as f64 / FLOWS as f64;
-    assert!((0.1..=0.32).contains(&moved), "{moved:.3} of flows moved; about 1/5 expected");
+    assert!(
+        (0.1..=0.32).contains(&moved),
+        "{moved:.3} of flows moved; about 1/5 expected"
+    );
     assert!(
         moved_others as f64 / ((FLOWS - on_b5) as f64) < 0.06,
         "{moved_others} flows of the remaining backends moved"
@@ -172,11 +252,20 @@ fn getpeername_shows_the_service_address_over_ipv4_and_ipv6() {
         .unwrap();
 
     let seen = sandbox.exchanges(true, &["--to", "10.96.0.10:80", "--count", "4"]);
-    assert!(seen.iter().all(|e| e.peer == vip("10.96.0.10:80")), "{seen:?}");
+    assert!(
+        seen.iter().all(|e| e.peer == vip("10.96.0.10:80")),
+        "{seen:?}"
+    );
     assert_eq!(tally(&seen).len(), 2);
     let seen = sandbox.exchanges(true, &["--to", "[fd00::10]:80", "--count", "4"]);
-    assert!(seen.iter().all(|e| e.peer == vip("[fd00::10]:80")), "{seen:?}");
-    assert_eq!(tally(&seen).keys().cloned().collect::<Vec<_>>(), ["v6-b1", "v6-b2"]);
+    assert!(
+        seen.iter().all(|e| e.peer == vip("[fd00::10]:80")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        tally(&seen).keys().cloned().collect::<Vec<_>>(),
+        ["v6-b1", "v6-b2"]
+    );
     assert_counts_return_to_zero(&datapath);
 }
 
@@ -188,16 +277,34 @@ fn unconnected_udp_keeps_its_backend_and_sees_replies_from_the_service() {
     sandbox.udp_backend("u2", "127.0.0.1:9202");
     let endpoints: Endpoints = &[("127.0.0.1", 9201, 1), ("127.0.0.1", 9202, 1)];
     let mut datapath = sandbox.datapath();
-    datapath.sync(&services(&kernel_config(&[("udp-dns", "10.96.0.53:53", "ROUND_ROBIN", endpoints)]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "udp-dns",
+            "10.96.0.53:53",
+            "ROUND_ROBIN",
+            endpoints,
+        )])))
+        .unwrap();
 
     let mut backends_seen = BTreeMap::new();
     for _ in 0..4 {
         let seen = sandbox.exchanges(true, &["--udp", "--to", "10.96.0.53:53", "--count", "3"]);
-        assert!(seen.iter().all(|e| e.peer == vip("10.96.0.53:53")), "replies must come from the VIP: {seen:?}");
-        assert_eq!(tally(&seen).len(), 1, "one socket keeps one backend: {seen:?}");
+        assert!(
+            seen.iter().all(|e| e.peer == vip("10.96.0.53:53")),
+            "replies must come from the VIP: {seen:?}"
+        );
+        assert_eq!(
+            tally(&seen).len(),
+            1,
+            "one socket keeps one backend: {seen:?}"
+        );
         *backends_seen.entry(seen[0].backend.clone()).or_insert(0) += 1;
     }
-    assert_eq!(backends_seen.len(), 2, "sockets are spread: {backends_seen:?}");
+    assert_eq!(
+        backends_seen.len(),
+        2,
+        "sockets are spread: {backends_seen:?}"
+    );
 }
 
 #[test]
@@ -208,7 +315,14 @@ fn processes_outside_the_cgroup_are_untouched() {
     // A real server on the service address: only processes outside the cgroup reach it.
     sandbox.tcp_backend("decoy", "127.0.0.100:8080");
     let mut datapath = sandbox.datapath();
-    datapath.sync(&services(&kernel_config(&[("svc", "127.0.0.100:8080", "ROUND_ROBIN", &THREE[..1])]))).unwrap();
+    datapath
+        .sync(&services(&kernel_config(&[(
+            "svc",
+            "127.0.0.100:8080",
+            "ROUND_ROBIN",
+            &THREE[..1],
+        )])))
+        .unwrap();
 
     let inside = sandbox.exchanges(true, &["--to", "127.0.0.100:8080", "--count", "3"]);
     assert!(inside.iter().all(|e| e.backend == "b1"), "{inside:?}");
@@ -223,19 +337,36 @@ fn an_endpoint_change_reaches_new_connections_and_leaves_live_ones_alone() {
     let sandbox = Sandbox::new("change");
     backends(&sandbox, 2);
     let mut datapath = sandbox.datapath();
-    let config = |endpoints| services(&kernel_config(&[("svc", "10.96.0.10:80", "LEAST_REQUEST", endpoints)]));
+    let config = |endpoints| {
+        services(&kernel_config(&[(
+            "svc",
+            "10.96.0.10:80",
+            "LEAST_REQUEST",
+            endpoints,
+        )]))
+    };
     datapath.sync(&config(&THREE[..1])).unwrap();
     let held = sandbox.hold("10.96.0.10:80", 2);
     assert!(held.exchanges.iter().all(|e| e.backend == "b1"));
 
     datapath.sync(&config(&THREE[1..2])).unwrap();
     let new = sandbox.exchanges(true, &["--to", "10.96.0.10:80", "--count", "3"]);
-    assert!(new.iter().all(|e| e.backend == "b2"), "new connections follow the change: {new:?}");
+    assert!(
+        new.iter().all(|e| e.backend == "b2"),
+        "new connections follow the change: {new:?}"
+    );
     // The live connections still count against b1, which left the service.
     assert_eq!(counts(&datapath).get(&9001), Some(&2));
     let state = datapath.state();
     assert_eq!(state.len(), 1);
-    assert_eq!(state[0].backends.iter().map(|b| b.0.port()).collect::<Vec<_>>(), [9002]);
+    assert_eq!(
+        state[0]
+            .backends
+            .iter()
+            .map(|b| b.0.port())
+            .collect::<Vec<_>>(),
+        [9002]
+    );
 
     held.close();
     assert_counts_return_to_zero(&datapath);
@@ -247,7 +378,12 @@ fn a_restarted_datapath_adopts_pinned_maps_and_live_counts() {
     let sandbox = Sandbox::new("restart");
     backends(&sandbox, 2);
     sandbox.tcp_backend("decoy", "127.0.0.100:8080");
-    let wanted = services(&kernel_config(&[("svc", "127.0.0.100:8080", "LEAST_REQUEST", &THREE[..2])]));
+    let wanted = services(&kernel_config(&[(
+        "svc",
+        "127.0.0.100:8080",
+        "LEAST_REQUEST",
+        &THREE[..2],
+    )]));
     let mut first = sandbox.datapath();
     first.sync(&wanted).unwrap();
     let held = sandbox.hold("127.0.0.100:8080", 3);
@@ -256,11 +392,17 @@ fn a_restarted_datapath_adopts_pinned_maps_and_live_counts() {
 
     // Detached: connections are no longer rewritten.
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080"]);
-    assert_eq!(seen[0].backend, "decoy", "hooks must be detached when the datapath is dropped");
+    assert_eq!(
+        seen[0].backend, "decoy",
+        "hooks must be detached when the datapath is dropped"
+    );
 
     let mut second = sandbox.datapath();
     let adopted: u64 = counts(&second).values().sum();
-    assert_eq!(adopted, 3, "the pinned counts of live connections are adopted");
+    assert_eq!(
+        adopted, 3,
+        "the pinned counts of live connections are adopted"
+    );
     second.sync(&wanted).unwrap();
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080"]);
     assert_ne!(seen[0].backend, "decoy");

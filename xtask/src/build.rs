@@ -73,7 +73,10 @@ pub fn build_ebpf_object() -> Result<PathBuf> {
         .current_dir(&programs)
         .env("CARGO_TARGET_DIR", &target_dir)
         // BTF for the loader; BPF CPU v3 for atomic fetch-add (kernel ≥ 5.12).
-        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3")
+        .env(
+            "RUSTFLAGS",
+            "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3",
+        )
         .args([
             "+nightly",
             "build",

@@ -165,7 +165,11 @@ mod pod {
 /// kernel to hash a flow for Maglev; userspace uses it in tests to predict a flow.
 #[inline(always)]
 pub fn hash_mix(hash: u32, word: u32) -> u32 {
-    let mut h = hash ^ word.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    let mut h = hash
+        ^ word
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
     h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
     h
 }

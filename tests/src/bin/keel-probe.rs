@@ -66,7 +66,9 @@ fn main() -> anyhow::Result<()> {
         let source = args.bind.map(|b| nth_source(b, i));
         let result = exchange(&args, source);
         let line = match &result {
-            Ok((backend, peer, _)) => serde_json::json!({"backend": backend, "peer": peer.to_string()}),
+            Ok((backend, peer, _)) => {
+                serde_json::json!({"backend": backend, "peer": peer.to_string()})
+            }
             Err(e) => serde_json::json!({"error": format!("{e:#}")}),
         };
         writeln!(stdout.lock(), "{line}")?;
@@ -98,19 +100,32 @@ fn nth_source(base: SocketAddr, i: usize) -> SocketAddr {
 }
 
 /// Connects (optionally from `source`), reads the backend's greeting line.
-fn exchange(args: &Args, source: Option<SocketAddr>) -> anyhow::Result<(String, SocketAddr, TcpStream)> {
-    let family = if args.to.is_ipv4() { socket::AddressFamily::Inet } else { socket::AddressFamily::Inet6 };
+fn exchange(
+    args: &Args,
+    source: Option<SocketAddr>,
+) -> anyhow::Result<(String, SocketAddr, TcpStream)> {
+    let family = if args.to.is_ipv4() {
+        socket::AddressFamily::Inet
+    } else {
+        socket::AddressFamily::Inet6
+    };
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     if let Some(source) = source {
         socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(source))
-            .with_context(|| format!("binding {source}"))?;
+        socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(source),
+        )
+        .with_context(|| format!("binding {source}"))?;
     }
     if args.reset {
         socket::setsockopt(&fd, sockopt::Linger, &libc_linger_zero())?;
     }
-    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrStorage::from(args.to))
-        .with_context(|| format!("connecting to {}", args.to))?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(args.to),
+    )
+    .with_context(|| format!("connecting to {}", args.to))?;
     let mut stream = TcpStream::from(fd);
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let peer = stream.peer_addr()?;
@@ -123,13 +138,20 @@ fn exchange(args: &Args, source: Option<SocketAddr>) -> anyhow::Result<(String, 
 }
 
 fn libc_linger_zero() -> nix::libc::linger {
-    nix::libc::linger { l_onoff: 1, l_linger: 0 }
+    nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    }
 }
 
 /// Sends `count` datagrams on one unconnected socket; prints who answered and the
 /// source address recvfrom() reported.
 fn udp(args: &Args) -> anyhow::Result<()> {
-    let local: SocketAddr = if args.to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let local: SocketAddr = if args.to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
     let socket = UdpSocket::bind(args.bind.unwrap_or(local))?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     let stdout = std::io::stdout();
