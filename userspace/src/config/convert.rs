@@ -10,11 +10,19 @@
 //! Every function takes the path of what it converts and returns
 //! [`ConfigError::Field`] errors under that path. The checks here are the semantic ones:
 //! required fields, unique names, IP literals and ports, weights, Maglev table sizes, and
-//! that a tcp_proxy names a defined cluster.
+//! that a tcp_proxy or a route names a defined cluster.
+//!
+//! The HTTP connection manager has submodules of its own: `hcm` (the manager and its
+//! protocol options), `route` (the route table) and `access_log`.
+
+mod access_log;
+mod hcm;
+mod route;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
@@ -22,7 +30,9 @@ use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as http_connection_manager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::google::protobuf as wkt;
 use prost::Name as _;
 use prost_reflect::DynamicMessage;
@@ -46,6 +56,12 @@ const KEEL_METADATA_KEY: &str = "keel";
 /// Full names of keel's own messages.
 const DATAPATH: &str = "keel.v1.Datapath";
 const LISTENER_OPTIONS: &str = "keel.v1.ListenerOptions";
+/// The key (and message) of a cluster's HTTP protocol options.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The network filters keel supports, for error messages.
+const NETWORK_FILTERS: &str = "the network filters keel supports are \
+     type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy and \
+     type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -250,7 +266,8 @@ fn convert_listener(
     if l.filter_chains.is_empty() {
         return Err(ConfigError::field(
             chains_path,
-            "missing; a listener needs a filter chain whose last filter is envoy.filters.network.tcp_proxy",
+            "missing; a listener needs a filter chain whose last filter is envoy.filters.network.tcp_proxy \
+             or envoy.filters.network.http_connection_manager",
         ));
     }
     if l.filter_chains.len() > 1 {
@@ -289,7 +306,8 @@ fn filter_chain(
     if chain.filters.is_empty() {
         return Err(ConfigError::field(
             filters_path,
-            "missing; a filter chain needs a terminal filter such as envoy.filters.network.tcp_proxy",
+            "missing; a filter chain needs a terminal filter: envoy.filters.network.tcp_proxy or \
+             envoy.filters.network.http_connection_manager",
         ));
     }
     let mut filters = Vec::with_capacity(chain.filters.len());
@@ -322,24 +340,28 @@ fn network_filter(
     if filter.name.is_empty() {
         return Err(ConfigError::field(
             join(path, "name"),
-            "missing; name the filter, e.g. envoy.filters.network.tcp_proxy",
+            "missing; name the filter, e.g. envoy.filters.network.tcp_proxy or \
+             envoy.filters.network.http_connection_manager",
         ));
     }
     let config_path = join(path, "typed_config");
     let any = match &filter.config_type {
         Some(listener::filter::ConfigType::TypedConfig(any)) => any,
         Some(listener::filter::ConfigType::ConfigDiscovery(_)) => {
-            return Err(ConfigError::field(join(path, "config_discovery"), "field not supported by keel"))
+            return Err(ConfigError::field(
+                join(path, "config_discovery"),
+                "field not supported by keel",
+            ))
         }
         None => {
             return Err(ConfigError::field(
                 config_path,
-                "missing; give \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy \
-                 and its settings",
+                format!("missing; give \"@type\" and the filter's settings ({NETWORK_FILTERS})"),
             ))
         }
     };
-    if type_url_message_name(&any.type_url) == Some(tcp_proxy::TcpProxy::full_name().as_str()) {
+    let message = type_url_message_name(&any.type_url);
+    if message == Some(tcp_proxy::TcpProxy::full_name().as_str()) {
         let config = decode_any::<tcp_proxy::TcpProxy>(any, &config_path)?;
         return Ok(model::NetworkFilter::TcpProxy(convert_tcp_proxy(
             &config,
@@ -347,11 +369,17 @@ fn network_filter(
             clusters,
         )?));
     }
+    if message == Some(http_connection_manager::HttpConnectionManager::full_name().as_str()) {
+        let config =
+            decode_any::<http_connection_manager::HttpConnectionManager>(any, &config_path)?;
+        return Ok(model::NetworkFilter::HttpConnectionManager(Arc::new(
+            hcm::http_connection_manager(&config, &config_path, clusters)?,
+        )));
+    }
     Err(ConfigError::field(
         config_path,
         format!(
-            "@type \"{}\" is not a network filter keel supports; the one it supports is \
-             type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "@type \"{}\" is not a network filter; {NETWORK_FILTERS}",
             any.type_url
         ),
     ))
@@ -384,26 +412,12 @@ fn convert_tcp_proxy(
             ))
         }
     };
-    if !clusters.iter().any(|c| &c.name == cluster) {
-        let defined = if clusters.is_empty() {
-            "no clusters are defined in static_resources.clusters".to_string()
-        } else {
-            let names: Vec<_> = clusters.iter().map(|c| format!("\"{}\"", c.name)).collect();
-            format!("defined clusters: {}", names.join(", "))
-        };
-        return Err(ConfigError::field(
-            cluster_path,
-            format!("unknown cluster \"{cluster}\" ({defined})"),
-        ));
-    }
-    let idle_timeout = match &config.idle_timeout {
-        None => Some(DEFAULT_IDLE_TIMEOUT),
-        Some(d) => {
-            let d = duration(d, &join(path, "idle_timeout"))?;
-            // `0s` disables the timeout.
-            (!d.is_zero()).then_some(d)
-        }
-    };
+    known_cluster(cluster, &cluster_path, clusters)?;
+    let idle_timeout = timeout(
+        config.idle_timeout.as_ref(),
+        Some(DEFAULT_IDLE_TIMEOUT),
+        &join(path, "idle_timeout"),
+    )?;
     Ok(model::TcpProxy {
         stat_prefix: config.stat_prefix.clone(),
         cluster: cluster.clone(),
@@ -605,15 +619,152 @@ fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model::Cluster> {
         connect_timeout,
         lb_policy,
         endpoints,
-        upstream_protocol: model::UpstreamProtocol::Http1,
+        upstream_protocol: upstream_protocol(c, path)?,
     })
+}
+
+/// The HTTP protocol spoken to a cluster's endpoints: from
+/// `typed_extension_protocol_options` (key and @type
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`) or the deprecated
+/// `http2_protocol_options`; HTTP/1.1 when neither is given (as in Envoy).
+// Envoy still accepts the deprecated fields read here, so keel does too.
+#[allow(deprecated)]
+fn upstream_protocol(c: &cluster::Cluster, path: &str) -> Result<model::UpstreamProtocol> {
+    use upstream_http::http_protocol_options::{
+        explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+    };
+
+    let options_path = join(path, "typed_extension_protocol_options");
+    let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
+    // Sorted, so that the first error is the same every time.
+    keys.sort();
+    let mut from_options = None;
+    for key in keys {
+        let entry_path = join(&options_path, key);
+        let any = &c.typed_extension_protocol_options[key];
+        if key != HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::field(
+                entry_path,
+                format!(
+                    "keel reads only the key {HTTP_PROTOCOL_OPTIONS} here (with \"@type\": \
+                     type.googleapis.com/{HTTP_PROTOCOL_OPTIONS})"
+                ),
+            ));
+        }
+        if type_url_message_name(&any.type_url) != Some(HTTP_PROTOCOL_OPTIONS) {
+            return Err(ConfigError::field(
+                entry_path,
+                format!(
+                    "@type \"{}\" does not match the key; use type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
+                    any.type_url
+                ),
+            ));
+        }
+        let options: upstream_http::HttpProtocolOptions = decode_any(any, &entry_path)?;
+        from_options = Some(match &options.upstream_protocol_options {
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => {
+                let explicit_path = join(&entry_path, "explicit_http_config");
+                match &explicit.protocol_config {
+                    Some(ProtocolConfig::HttpProtocolOptions(_)) => model::UpstreamProtocol::Http1,
+                    Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                        no_cluster_http2_settings(
+                            h2,
+                            &join(&explicit_path, "http2_protocol_options"),
+                        )?;
+                        model::UpstreamProtocol::Http2
+                    }
+                    Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                        return Err(ConfigError::field(
+                            join(&explicit_path, "http3_protocol_options"),
+                            "HTTP/3 needs QUIC, which keel does not support; use \
+                             http_protocol_options: {} or http2_protocol_options: {}",
+                        ))
+                    }
+                    None => {
+                        return Err(ConfigError::field(
+                            explicit_path,
+                            "missing the protocol; set http_protocol_options: {} (HTTP/1.1) or \
+                             http2_protocol_options: {} (HTTP/2)",
+                        ))
+                    }
+                }
+            }
+            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(downstream)) => {
+                if let Some(h2) = &downstream.http2_protocol_options {
+                    no_cluster_http2_settings(
+                        h2,
+                        &join(
+                            &join(&entry_path, "use_downstream_protocol_config"),
+                            "http2_protocol_options",
+                        ),
+                    )?;
+                }
+                model::UpstreamProtocol::UseDownstream
+            }
+            Some(UpstreamProtocolOptions::AutoConfig(_)) => return Err(ConfigError::field(
+                join(&entry_path, "auto_config"),
+                "field not supported by keel (it needs ALPN over TLS); use explicit_http_config \
+                     or use_downstream_protocol_config",
+            )),
+            None => return Err(ConfigError::field(
+                entry_path,
+                "missing the protocol; set explicit_http_config or use_downstream_protocol_config",
+            )),
+        });
+    }
+    let deprecated = match &c.http2_protocol_options {
+        Some(h2) => {
+            no_cluster_http2_settings(h2, &join(path, "http2_protocol_options"))?;
+            Some(model::UpstreamProtocol::Http2)
+        }
+        None => None,
+    };
+    match (from_options, deprecated) {
+        (Some(_), Some(_)) => Err(ConfigError::field(
+            join(path, "http2_protocol_options"),
+            format!(
+                "the protocol is given twice, here and in typed_extension_protocol_options; keep \
+                 {HTTP_PROTOCOL_OPTIONS} (http2_protocol_options is deprecated)"
+            ),
+        )),
+        (Some(protocol), None) | (None, Some(protocol)) => Ok(protocol),
+        (None, None) => Ok(model::UpstreamProtocol::Http1),
+    }
+}
+
+/// keel has nowhere to put HTTP/2 settings for upstream connections yet: only an empty
+/// `http2_protocol_options` is accepted on a cluster.
+fn no_cluster_http2_settings(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()> {
+    let set = [
+        (
+            "max_concurrent_streams",
+            h2.max_concurrent_streams.is_some(),
+        ),
+        (
+            "initial_stream_window_size",
+            h2.initial_stream_window_size.is_some(),
+        ),
+        (
+            "initial_connection_window_size",
+            h2.initial_connection_window_size.is_some(),
+        ),
+    ];
+    match set.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(ConfigError::field(
+            join(path, field),
+            "HTTP/2 settings for a cluster's connections are not supported yet; keel uses its \
+             defaults (write http2_protocol_options: {})",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn maglev_table_size(config: Option<&cluster::cluster::MaglevLbConfig>, path: &str) -> Result<u32> {
     let size = config
         .and_then(|c| c.table_size.as_ref())
         .map_or(DEFAULT_MAGLEV_TABLE_SIZE, |v| v.value);
-    if size > MAX_MAGLEV_TABLE_SIZE || !is_prime(size) {
+    let prime = u32::try_from(size).is_ok_and(crate::cluster::maglev::is_prime);
+    if size > MAX_MAGLEV_TABLE_SIZE || !prime {
         return Err(ConfigError::field(
             path,
             format!(
@@ -623,20 +774,6 @@ fn maglev_table_size(config: Option<&cluster::cluster::MaglevLbConfig>, path: &s
         ));
     }
     Ok(u32::try_from(size).expect("at most MAX_MAGLEV_TABLE_SIZE"))
-}
-
-fn is_prime(n: u64) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 1;
-    }
-    true
 }
 
 fn load_assignment(
@@ -819,6 +956,39 @@ fn socket_address(
         }
     };
     Ok((SocketAddr::new(ip, port), protocol))
+}
+
+/// Checks that `name` (at `path`) is one of `clusters`, as Envoy does for tcp_proxy and
+/// for a route table given inline (`validate_clusters` defaults to true there).
+fn known_cluster(name: &str, path: &str, clusters: &[model::Cluster]) -> Result<()> {
+    if clusters.iter().any(|c| c.name == name) {
+        return Ok(());
+    }
+    let defined = if clusters.is_empty() {
+        "no clusters are defined in static_resources.clusters".to_string()
+    } else {
+        let names: Vec<_> = clusters.iter().map(|c| format!("\"{}\"", c.name)).collect();
+        format!("defined clusters: {}", names.join(", "))
+    };
+    Err(ConfigError::field(
+        path,
+        format!("unknown cluster \"{name}\" ({defined})"),
+    ))
+}
+
+/// A timeout that `0s` disables (`None`); `default` when the field is not set.
+fn timeout(
+    d: Option<&wkt::Duration>,
+    default: Option<Duration>,
+    path: &str,
+) -> Result<Option<Duration>> {
+    match d {
+        None => Ok(default),
+        Some(d) => {
+            let d = duration(d, path)?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
 }
 
 /// A protobuf duration as a std one; negative durations are errors.

@@ -15,7 +15,9 @@
 //!    does; a field keel does not support is an error that names it, never a silent ignore.
 //! 3. The message is transcoded to the typed structs of the `envoy-types` crate.
 //! 4. `convert`: typed structs become [`model`] types, with the semantic
-//!    checks (required fields, unique names, addresses, cluster references, weights).
+//!    checks (required fields, unique names, addresses, cluster references, weights,
+//!    route tables, regexes). The bootstrap is also kept as Envoy's proto3 JSON in
+//!    [`model::Bootstrap::config_dump`], for the admin `/config_dump`.
 //!
 //! Every error carries the path of the offending field, written from the top of the
 //! bootstrap, e.g. `static_resources.clusters[0].load_assignment.endpoints[0]`. Paths from
@@ -27,6 +29,8 @@ mod parse;
 pub mod supported;
 
 #[cfg(test)]
+mod http_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -34,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
 use crate::model;
 
@@ -186,13 +190,31 @@ pub fn load_str(text: &str, format: Format) -> Result<model::Bootstrap, ConfigEr
     finish(&message)
 }
 
-/// Steps 2 to 4: supported-field check, transcoding, conversion into the model.
+/// Steps 2 to 4: supported-field check, transcoding, conversion into the model, and
+/// the config dump.
 fn finish(message: &DynamicMessage) -> Result<model::Bootstrap, ConfigError> {
     supported::check(message, "")?;
     let typed = message
         .transcode_to::<envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap>()
         .map_err(|e| ConfigError::field("", format!("internal error: transcoding failed: {e}")))?;
-    convert::bootstrap(&typed)
+    let mut bootstrap = convert::bootstrap(&typed)?;
+    bootstrap.config_dump = config_dump(message)?;
+    Ok(bootstrap)
+}
+
+/// The bootstrap as Envoy prints it in `/config_dump`: proto3 JSON with the protobuf
+/// field names (snake_case), default values left out, `Any` as "@type" plus fields, and
+/// 64-bit integers as strings (the proto3 JSON mapping).
+fn config_dump(message: &DynamicMessage) -> Result<serde_json::Value, ConfigError> {
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| {
+            ConfigError::field(
+                "",
+                format!("internal error: writing the config dump failed: {e}"),
+            )
+        })
 }
 
 /// `parent.name`, or `name` at the top.

@@ -14,7 +14,9 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value as Json};
 
-use super::{descriptor_pool, index, join, type_url_message_name, ConfigError, Format, BOOTSTRAP};
+use super::{
+    descriptor_pool, index, join, supported, type_url_message_name, ConfigError, Format, BOOTSTRAP,
+};
 
 /// Parses `text` as a bootstrap. `origin` names the text in syntax errors.
 pub(super) fn bootstrap(
@@ -42,7 +44,7 @@ pub(super) fn message(
     desc: &MessageDescriptor,
     path: &str,
 ) -> Result<DynamicMessage, ConfigError> {
-    check_message(json, desc, path)?;
+    check_message(json, desc, path, None)?;
     DynamicMessage::deserialize_with_options(desc.clone(), json, &DeserializeOptions::new())
         .map_err(|e| ConfigError::field(path, e.to_string()))
 }
@@ -142,10 +144,16 @@ fn yaml_kind(yaml: &serde_yaml::Value) -> &'static str {
     }
 }
 
-/// Checks that `json` is a valid proto3 JSON encoding of a `desc` message.
-fn check_message(json: &Json, desc: &MessageDescriptor, path: &str) -> Result<(), ConfigError> {
+/// Checks that `json` is a valid proto3 JSON encoding of a `desc` message. `any_hint`
+/// says what keel accepts if this is an `Any` (see [`supported::any_hint`]).
+fn check_message(
+    json: &Json,
+    desc: &MessageDescriptor,
+    path: &str,
+    any_hint: Option<&str>,
+) -> Result<(), ConfigError> {
     match desc.full_name() {
-        "google.protobuf.Any" => return check_any(json, path),
+        "google.protobuf.Any" => return check_any(json, path, any_hint),
         name if name.starts_with("google.protobuf.") => {
             return check_leaf_message(json, desc, path)
         }
@@ -217,6 +225,7 @@ fn check_fields(
 
 /// Checks the (non-null) value of one field.
 fn check_field(json: &Json, field: &FieldDescriptor, path: &str) -> Result<(), ConfigError> {
+    let any_hint = supported::any_hint(field.parent_message().full_name(), field.name());
     if field.is_map() {
         let Json::Object(entries) = json else {
             return Err(ConfigError::field(
@@ -232,7 +241,7 @@ fn check_field(json: &Json, field: &FieldDescriptor, path: &str) -> Result<(), C
         for (key, value) in entries {
             let child = join(path, key);
             check_map_key(key, &key_kind, &child)?;
-            check_value(value, &value_kind, &child)?;
+            check_value(value, &value_kind, &child, any_hint)?;
         }
         Ok(())
     } else if field.is_list() {
@@ -244,22 +253,27 @@ fn check_field(json: &Json, field: &FieldDescriptor, path: &str) -> Result<(), C
         };
         let kind = field.kind();
         for (i, item) in items.iter().enumerate() {
-            check_value(item, &kind, &index(path, i))?;
+            check_value(item, &kind, &index(path, i), any_hint)?;
         }
         Ok(())
     } else {
-        check_value(json, &field.kind(), path)
+        check_value(json, &field.kind(), path, any_hint)
     }
 }
 
 /// Checks one value of the given kind (a singular field, a list item or a map value).
-fn check_value(json: &Json, kind: &Kind, path: &str) -> Result<(), ConfigError> {
+fn check_value(
+    json: &Json,
+    kind: &Kind,
+    path: &str,
+    any_hint: Option<&str>,
+) -> Result<(), ConfigError> {
     match kind {
         Kind::Message(desc) => {
             if json.is_null() && desc.full_name() != "google.protobuf.Value" {
                 return Err(ConfigError::field(path, "null is not allowed here"));
             }
-            check_message(json, desc, path)
+            check_message(json, desc, path, any_hint)
         }
         Kind::Enum(desc) => check_enum(json, desc, path),
         scalar => check_scalar(json, scalar, path),
@@ -398,8 +412,9 @@ fn scalar_expected(kind: &Kind) -> &'static str {
 }
 
 /// Checks an `Any`: an object with "@type" naming a message in the pool and, inline, the
-/// fields of that message (or "value" for a well-known type).
-fn check_any(json: &Json, path: &str) -> Result<(), ConfigError> {
+/// fields of that message (or "value" for a well-known type). `hint` says what keel
+/// accepts here, for the error about an unknown type.
+fn check_any(json: &Json, path: &str, hint: Option<&str>) -> Result<(), ConfigError> {
     let Json::Object(object) = json else {
         return Err(ConfigError::field(
             path,
@@ -425,13 +440,16 @@ fn check_any(json: &Json, path: &str) -> Result<(), ConfigError> {
     let Some(desc) = type_url_message_name(type_url)
         .and_then(|name| descriptor_pool().get_message_by_name(name))
     else {
-        return Err(ConfigError::field(
-            path,
-            format!(
+        let message = match hint {
+            Some(hint) => {
+                format!("unknown @type \"{type_url}\": keel does not know this message; {hint}")
+            }
+            None => format!(
                 "unknown @type \"{type_url}\": keel does not know this message; check the spelling \
                  (a type URL looks like type.googleapis.com/<full message name>)"
             ),
-        ));
+        };
+        return Err(ConfigError::field(path, message));
     };
     if desc.full_name().starts_with("google.protobuf.") {
         for key in object.keys() {
@@ -446,7 +464,7 @@ fn check_any(json: &Json, path: &str) -> Result<(), ConfigError> {
             }
         }
         return match object.get("value") {
-            Some(value) => check_value(value, &Kind::Message(desc), &join(path, "value")),
+            Some(value) => check_value(value, &Kind::Message(desc), &join(path, "value"), None),
             None => Err(ConfigError::field(path, "missing \"value\"")),
         };
     }

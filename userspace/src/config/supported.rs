@@ -15,6 +15,14 @@ use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 
 use super::{descriptor_pool, index, join, type_url_message_name, ConfigError};
 
+/// Full names of messages that several tables here name.
+const HCM: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
+const LISTENER_FILTER: &str = "envoy.config.listener.v3.Filter";
+const ACCESS_LOG: &str = "envoy.config.accesslog.v3.AccessLog";
+const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
+
 /// For each message keel reads (by full protobuf name), the fields it supports.
 pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     // Bootstrap.
@@ -53,14 +61,264 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["name", "address", "filter_chains", "metadata"],
     ),
     ("envoy.config.listener.v3.FilterChain", &["name", "filters"]),
-    ("envoy.config.listener.v3.Filter", &["name", "typed_config"]),
+    (LISTENER_FILTER, &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         &["stat_prefix", "cluster", "idle_timeout"],
     ),
+    // The HTTP connection manager.
+    (
+        HCM,
+        &[
+            "codec_type",
+            "stat_prefix",
+            "route_config",
+            "http_filters",
+            "access_log",
+            "use_remote_address",
+            "xff_num_trusted_hops",
+            "generate_request_id",
+            "server_name",
+            "server_header_transformation",
+            "common_http_protocol_options",
+            "max_request_headers_kb",
+            "normalize_path",
+            "merge_slashes",
+            "http2_protocol_options",
+            "http_protocol_options",
+            "upgrade_configs",
+            "request_timeout",
+            "stream_idle_timeout",
+            "request_headers_timeout",
+            "drain_timeout",
+        ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+        &["upgrade_type", "enabled"],
+    ),
+    (HTTP_FILTER, &["name", "typed_config"]),
+    ("envoy.extensions.filters.http.router.v3.Router", &[]),
+    (
+        "envoy.config.core.v3.HttpProtocolOptions",
+        &[
+            "idle_timeout",
+            "max_connection_duration",
+            "max_headers_count",
+            "max_stream_duration",
+            "headers_with_underscores_action",
+        ],
+    ),
+    // Present but empty: keel maps none of the HTTP/1 settings.
+    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    (
+        "envoy.config.core.v3.Http2ProtocolOptions",
+        &[
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        ],
+    ),
+    // Routes.
+    (
+        "envoy.config.route.v3.RouteConfiguration",
+        &[
+            "name",
+            "virtual_hosts",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.VirtualHost",
+        &[
+            "name",
+            "domains",
+            "routes",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.Route",
+        &[
+            "name",
+            "match",
+            "route",
+            "redirect",
+            "direct_response",
+            "request_headers_to_add",
+            "request_headers_to_remove",
+            "response_headers_to_add",
+            "response_headers_to_remove",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteMatch",
+        &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "path_separated_prefix",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+            "grpc",
+            "runtime_fraction",
+        ],
+    ),
+    ("envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions", &[]),
+    (
+        "envoy.config.route.v3.HeaderMatcher",
+        &[
+            "name",
+            "exact_match",
+            "prefix_match",
+            "suffix_match",
+            "contains_match",
+            "safe_regex_match",
+            "present_match",
+            "range_match",
+            "string_match",
+            "invert_match",
+            "treat_missing_header_as_empty",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.QueryParameterMatcher",
+        &["name", "string_match", "present_match"],
+    ),
+    (
+        "envoy.type.matcher.v3.StringMatcher",
+        &[
+            "exact",
+            "prefix",
+            "suffix",
+            "contains",
+            "safe_regex",
+            "ignore_case",
+        ],
+    ),
+    ("envoy.type.matcher.v3.RegexMatcher", &["google_re2", "regex"]),
+    ("envoy.type.matcher.v3.RegexMatcher.GoogleRE2", &[]),
+    (
+        "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+        &["pattern", "substitution"],
+    ),
+    ("envoy.type.v3.Int64Range", &["start", "end"]),
+    (
+        "envoy.config.core.v3.RuntimeFractionalPercent",
+        &["default_value", "runtime_key"],
+    ),
+    ("envoy.type.v3.FractionalPercent", &["numerator", "denominator"]),
+    (
+        "envoy.config.route.v3.RouteAction",
+        &[
+            "cluster",
+            "weighted_clusters",
+            "cluster_header",
+            "prefix_rewrite",
+            "regex_rewrite",
+            "host_rewrite_literal",
+            "auto_host_rewrite",
+            "timeout",
+            "idle_timeout",
+            "request_mirror_policies",
+            "retry_policy",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.WeightedCluster",
+        &["clusters", "total_weight"],
+    ),
+    (
+        "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy",
+        &["cluster", "runtime_fraction"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy",
+        &[
+            "retry_on",
+            "num_retries",
+            "per_try_timeout",
+            "retriable_status_codes",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RedirectAction",
+        &[
+            "https_redirect",
+            "scheme_redirect",
+            "host_redirect",
+            "port_redirect",
+            "path_redirect",
+            "prefix_rewrite",
+            "response_code",
+            "strip_query",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.DirectResponseAction",
+        &["status", "body"],
+    ),
+    (
+        "envoy.config.core.v3.DataSource",
+        &["inline_bytes", "inline_string"],
+    ),
+    (
+        "envoy.config.core.v3.HeaderValueOption",
+        &["header", "append", "append_action", "keep_empty_value"],
+    ),
+    ("envoy.config.core.v3.HeaderValue", &["key", "value"]),
+    // Access logs.
+    (ACCESS_LOG, &["name", "filter", "typed_config"]),
+    (
+        "envoy.config.accesslog.v3.AccessLogFilter",
+        &[
+            "status_code_filter",
+            "duration_filter",
+            "not_health_check_filter",
+            "and_filter",
+            "or_filter",
+        ],
+    ),
+    ("envoy.config.accesslog.v3.StatusCodeFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
+    ("envoy.config.accesslog.v3.NotHealthCheckFilter", &[]),
+    ("envoy.config.accesslog.v3.AndFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.OrFilter", &["filters"]),
+    ("envoy.config.accesslog.v3.ComparisonFilter", &["op", "value"]),
+    (
+        "envoy.config.core.v3.RuntimeUInt32",
+        &["default_value", "runtime_key"],
+    ),
+    (
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        &["path", "format", "json_format", "log_format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        &["log_format"],
+    ),
+    (
+        "envoy.config.core.v3.SubstitutionFormatString",
+        &["text_format", "json_format", "text_format_source"],
+    ),
     // Clusters.
     (
-        "envoy.config.cluster.v3.Cluster",
+        CLUSTER,
         &[
             "name",
             "type",
@@ -68,6 +326,8 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "lb_policy",
             "maglev_lb_config",
             "load_assignment",
+            "typed_extension_protocol_options",
+            "http2_protocol_options",
         ],
     ),
     (
@@ -91,6 +351,78 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["endpoint", "load_balancing_weight"],
     ),
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        &["explicit_http_config", "use_downstream_protocol_config"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+    (
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig",
+        &["http_protocol_options", "http2_protocol_options"],
+    ),
+];
+
+/// Fields keel knows but does not support, with what to say instead of the generic
+/// "field not supported" (message, field, message to the user).
+pub const FIELD_HINTS: &[(&str, &str, &str)] = &[
+    (
+        HCM,
+        "rds",
+        "RDS comes with xDS, not supported yet; give the routes inline in route_config",
+    ),
+    (
+        HCM,
+        "scoped_routes",
+        "scoped routes (SRDS) come with xDS, not supported yet; give the routes inline in route_config",
+    ),
+    (
+        HTTP_FILTER,
+        "config_discovery",
+        "extension config discovery (ECDS) comes with xDS, not supported yet; give typed_config inline",
+    ),
+    (
+        LISTENER_FILTER,
+        "config_discovery",
+        "extension config discovery (ECDS) comes with xDS, not supported yet; give typed_config inline",
+    ),
+];
+
+/// For `Any` fields, what keel accepts there (message, field, the choices), added to the
+/// error when the `@type` is unknown or not supported.
+pub const ANY_HINTS: &[(&str, &str, &str)] = &[
+    (
+        LISTENER_FILTER,
+        "typed_config",
+        "the network filters keel supports are envoy.filters.network.tcp_proxy \
+         (type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy) and \
+         envoy.filters.network.http_connection_manager \
+         (type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager)",
+    ),
+    (
+        HTTP_FILTER,
+        "typed_config",
+        "keel supports one HTTP filter, envoy.filters.http.router \
+         (type.googleapis.com/envoy.extensions.filters.http.router.v3.Router)",
+    ),
+    (
+        ACCESS_LOG,
+        "typed_config",
+        "the access loggers keel supports are envoy.access_loggers.file \
+         (type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog), \
+         envoy.access_loggers.stdout \
+         (type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog) and \
+         envoy.access_loggers.stderr \
+         (type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog)",
+    ),
+    (
+        CLUSTER,
+        "typed_extension_protocol_options",
+        "keel reads only envoy.extensions.upstreams.http.v3.HttpProtocolOptions here \
+         (type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions)",
+    ),
 ];
 
 /// Supported fields whose contents are free-form and not walked: Envoy metadata holds
@@ -109,12 +441,38 @@ pub fn supported_fields(message: &str) -> Option<&'static [&'static str]> {
         .map(|(_, fields)| *fields)
 }
 
+/// What to tell the user about an unsupported `field` of `message`, if more than the
+/// generic message helps.
+pub fn field_hint(message: &str, field: &str) -> Option<&'static str> {
+    FIELD_HINTS
+        .iter()
+        .find(|(m, f, _)| *m == message && *f == field)
+        .map(|(_, _, hint)| *hint)
+}
+
+/// What keel accepts in the `Any` field `field` of `message`, if the table says.
+pub fn any_hint(message: &str, field: &str) -> Option<&'static str> {
+    ANY_HINTS
+        .iter()
+        .find(|(m, f, _)| *m == message && *f == field)
+        .map(|(_, _, hint)| *hint)
+}
+
 /// Checks that every field set in `message` (found at `path`) is supported.
 pub(super) fn check(message: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+    check_message(message, path, None)
+}
+
+/// [`check`], with the hint to give if `message` is an `Any` of an unsupported type.
+fn check_message(
+    message: &DynamicMessage,
+    path: &str,
+    any_hint: Option<&str>,
+) -> Result<(), ConfigError> {
     let desc = message.descriptor();
     let name = desc.full_name();
     if name == "google.protobuf.Any" {
-        return check_any(message, path);
+        return check_any(message, path, any_hint);
     }
     if name.starts_with("google.protobuf.") {
         return Ok(());
@@ -128,36 +486,42 @@ pub(super) fn check(message: &DynamicMessage, path: &str) -> Result<(), ConfigEr
     for (field, value) in message.fields() {
         let child = join(path, field.name());
         if !fields.contains(&field.name()) {
-            return Err(ConfigError::field(
-                child,
-                format!(
+            let message = match field_hint(name, field.name()) {
+                Some(hint) => hint.to_string(),
+                None if fields.is_empty() => {
+                    format!(
+                        "field not supported by keel (keel reads no field of {name}); remove it"
+                    )
+                }
+                None => format!(
                     "field not supported by keel (keel reads only {} of {name}); remove it",
                     fields.join(", ")
                 ),
-            ));
+            };
+            return Err(ConfigError::field(child, message));
         }
         if FREE_FORM_FIELDS.contains(&(name, field.name())) {
             continue;
         }
-        check_value(value, &child)?;
+        check_value(value, &child, self::any_hint(name, field.name()))?;
     }
     Ok(())
 }
 
-fn check_value(value: &Value, path: &str) -> Result<(), ConfigError> {
+fn check_value(value: &Value, path: &str, any_hint: Option<&str>) -> Result<(), ConfigError> {
     match value {
-        Value::Message(message) => check(message, path),
+        Value::Message(message) => check_message(message, path, any_hint),
         Value::List(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, item)| check_value(item, &index(path, i))),
+            .try_for_each(|(i, item)| check_value(item, &index(path, i), any_hint)),
         Value::Map(entries) => {
             // Sorted, so that the first error is the same every time.
             let mut entries: Vec<_> = entries.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
             entries
                 .into_iter()
-                .try_for_each(|(key, item)| check_value(item, &join(path, &map_key(key))))
+                .try_for_each(|(key, item)| check_value(item, &join(path, &map_key(key)), any_hint))
         }
         _ => Ok(()),
     }
@@ -165,7 +529,7 @@ fn check_value(value: &Value, path: &str) -> Result<(), ConfigError> {
 
 /// Unpacks an `Any` by its type URL and checks the payload at the same path (in JSON the
 /// payload's fields sit beside "@type").
-fn check_any(any: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
+fn check_any(any: &DynamicMessage, path: &str, hint: Option<&str>) -> Result<(), ConfigError> {
     let type_url = any
         .get_field_by_name("type_url")
         .and_then(|v| v.as_str().map(str::to_string))
@@ -174,12 +538,13 @@ fn check_any(any: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
         .get_field_by_name("value")
         .and_then(|v| v.as_bytes().cloned())
         .unwrap_or_default();
+    let hint = hint.map(|h| format!("; {h}")).unwrap_or_default();
     let Some(desc) =
         type_url_message_name(&type_url).and_then(|n| descriptor_pool().get_message_by_name(n))
     else {
         return Err(ConfigError::field(
             path,
-            format!("unknown @type \"{type_url}\""),
+            format!("unknown @type \"{type_url}\"{hint}"),
         ));
     };
     if desc.full_name().starts_with("google.protobuf.") {
@@ -188,7 +553,7 @@ fn check_any(any: &DynamicMessage, path: &str) -> Result<(), ConfigError> {
     if supported_fields(desc.full_name()).is_none() {
         return Err(ConfigError::field(
             path,
-            format!("@type \"{type_url}\" is not supported by keel"),
+            format!("@type \"{type_url}\" is not supported by keel{hint}"),
         ));
     }
     let payload = DynamicMessage::decode(desc, bytes)
@@ -225,6 +590,15 @@ mod tests {
                     "SUPPORTED_FIELDS: {message} has no field {field}"
                 );
             }
+        }
+        for (message, field, _) in FIELD_HINTS.iter().chain(ANY_HINTS) {
+            let desc = descriptor_pool()
+                .get_message_by_name(message)
+                .unwrap_or_else(|| panic!("a hint names unknown message {message}"));
+            assert!(
+                desc.get_field_by_name(field).is_some(),
+                "a hint names {message}.{field}, which does not exist"
+            );
         }
         for (message, field) in FREE_FORM_FIELDS {
             let fields = supported_fields(message).unwrap_or_else(|| {

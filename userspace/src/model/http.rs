@@ -100,14 +100,15 @@ pub struct HttpTimeouts {
     pub drain: Duration,
 }
 
-/// `http2_protocol_options`.
+/// `http2_protocol_options`. The defaults are Envoy's since 1.36 (before, they were
+/// 2147483647 streams and 256 MiB windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Http2Options {
-    /// `max_concurrent_streams` (default 2147483647).
+    /// `max_concurrent_streams`: 1 to 2147483647, default 1024.
     pub max_concurrent_streams: u32,
-    /// `initial_stream_window_size` (default 268435456).
+    /// `initial_stream_window_size`: 65535 to 2147483647, default 16 MiB (16777216).
     pub initial_stream_window_size: u32,
-    /// `initial_connection_window_size` (default 268435456).
+    /// `initial_connection_window_size`: 65535 to 2147483647, default 24 MiB (25165824).
     pub initial_connection_window_size: u32,
 }
 
@@ -314,13 +315,17 @@ pub struct ForwardAction {
     pub cluster: ClusterSpecifier,
     /// `prefix_rewrite`.
     pub prefix_rewrite: Option<String>,
-    /// `regex_rewrite` (pattern, substitution).
+    /// `regex_rewrite` (pattern, substitution): every match of the (unanchored) pattern
+    /// in the path is replaced. The substitution is as written, in RE2's syntax (`\1`
+    /// names a group, `\\` is a backslash); config has checked that its groups exist.
     pub regex_rewrite: Option<(regex::Regex, String)>,
     /// Host rewrite.
     pub host_rewrite: HostRewrite,
     /// `timeout` (default 15 s; `None` when `0s` disables it).
     pub timeout: Option<Duration>,
-    /// `idle_timeout`.
+    /// `idle_timeout`: `None` when not set (the connection manager's
+    /// `stream_idle_timeout` applies); `Some(Duration::ZERO)` when `0s` disables idle
+    /// timeouts for this route, the stream idle timeout included (as in Envoy).
     pub idle_timeout: Option<Duration>,
     /// `request_mirror_policies`: (cluster, parts per million of requests).
     pub mirrors: Vec<(String, u32)>,
@@ -407,10 +412,12 @@ pub enum AccessLogSink {
 /// The format of an access log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogFormat {
-    /// A format string with `%COMMAND%` operators (Envoy's default when unset). A
-    /// newline is appended when the format has none.
+    /// A format string with `%COMMAND%` operators (Envoy's default when unset), used
+    /// as-is: like Envoy, keel adds no newline to a custom format (the default format
+    /// ends with one).
     Text(String),
-    /// `json_format`: keys and format strings, in order.
+    /// `json_format`: keys and format strings, sorted by key (a protobuf `Struct` does
+    /// not keep the file's order). One JSON object per line.
     Json(Vec<(String, String)>),
 }
 
@@ -419,7 +426,8 @@ pub enum AccessLogFormat {
 pub enum AccessLogFilter {
     /// `status_code_filter`.
     StatusCode(Comparison),
-    /// `duration_filter` (milliseconds).
+    /// `duration_filter` (milliseconds). `value.runtime_key` is accepted and ignored:
+    /// keel has no runtime, so `value.default_value` always applies.
     Duration(Comparison),
     /// `not_health_check_filter`.
     NotHealthCheck,

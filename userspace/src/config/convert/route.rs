@@ -1,0 +1,1082 @@
+//! `route_config` (an inline `envoy.config.route.v3.RouteConfiguration`) →
+//! [`model::http::RouteConfig`]: virtual hosts, routes, matchers, actions and header
+//! changes.
+//!
+//! The checks are Envoy's: a domain is used once across the route table and `*` at most
+//! once; a wildcard only leads or ends a domain; a route has exactly one action; the
+//! clusters a route names exist (an inline route table validates its clusters in Envoy);
+//! `prefix_rewrite` and `regex_rewrite` exclude each other; a direct response's status is
+//! 200 to 599 and its body at most 4 KiB; headers starting with `:` and `host` cannot be
+//! added or removed. Regexes are compiled here, once: path and value matchers must match
+//! the whole input (Envoy's RE2 full match), so they are anchored; rewrite patterns are
+//! not.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::envoy::r#type::v3 as types;
+
+use super::hcm::{header_value, is_token_byte};
+use super::{duration, known_cluster, timeout, Result};
+use crate::config::{index, join, ConfigError};
+use crate::model::{self, http as m};
+
+/// A route's `timeout` when not set.
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Envoy's default `max_direct_response_body_size_bytes`.
+const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
+/// 100% in parts per million.
+const MILLION: u32 = 1_000_000;
+/// The `retry_on` conditions Envoy knows (HTTP, then gRPC).
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// Converts the route table at `path`.
+pub(super) fn route_config(
+    config: &route::RouteConfiguration,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<m::RouteConfig> {
+    let hosts_path = join(path, "virtual_hosts");
+    let mut virtual_hosts = Vec::with_capacity(config.virtual_hosts.len());
+    // Every domain of the table, with where it was first given.
+    let mut domains: HashMap<String, String> = HashMap::new();
+    for (i, host) in config.virtual_hosts.iter().enumerate() {
+        let host_path = index(&hosts_path, i);
+        let converted = virtual_host(host, &host_path, clusters)?;
+        for (j, domain) in converted.domains.iter().enumerate() {
+            let domain_path = index(&join(&host_path, "domains"), j);
+            if let Some(first) = domains.get(domain) {
+                let message = if domain == "*" {
+                    format!(
+                        "a second \"*\" (the first is at {first}); only one virtual host may match \
+                         any domain"
+                    )
+                } else {
+                    format!(
+                        "duplicate domain \"{domain}\" (first at {first}); a domain must be unique \
+                         across all virtual hosts of a route table"
+                    )
+                };
+                return Err(ConfigError::field(domain_path, message));
+            }
+            domains.insert(domain.clone(), domain_path);
+        }
+        virtual_hosts.push(converted);
+    }
+    Ok(m::RouteConfig {
+        name: config.name.clone(),
+        virtual_hosts,
+        headers: header_mutations(
+            &config.request_headers_to_add,
+            &config.request_headers_to_remove,
+            &config.response_headers_to_add,
+            &config.response_headers_to_remove,
+            path,
+        )?,
+    })
+}
+
+fn virtual_host(
+    host: &route::VirtualHost,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<m::VirtualHost> {
+    if host.name.is_empty() {
+        return Err(ConfigError::field(
+            join(path, "name"),
+            "missing; every virtual host needs a name (it appears in statistics)",
+        ));
+    }
+    let domains_path = join(path, "domains");
+    if host.domains.is_empty() {
+        return Err(ConfigError::field(
+            domains_path,
+            "missing; list the Host/:authority values this virtual host serves, or \"*\" for any",
+        ));
+    }
+    let domains = host
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| domain(d, &index(&domains_path, i)))
+        .collect::<Result<Vec<_>>>()?;
+    let routes_path = join(path, "routes");
+    let routes = host
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| convert_route(r, &index(&routes_path, i), clusters))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(m::VirtualHost {
+        name: host.name.clone(),
+        domains,
+        routes,
+        headers: header_mutations(
+            &host.request_headers_to_add,
+            &host.request_headers_to_remove,
+            &host.response_headers_to_add,
+            &host.response_headers_to_remove,
+            path,
+        )?,
+    })
+}
+
+/// A domain, lower-cased: `*`, an exact name, or one `*` leading (`*.example.com`,
+/// `*-bar.example.com`) or ending (`example.*`, `foo-*`) it. Envoy would read a `*`
+/// anywhere else as a literal character that no Host header holds.
+fn domain(domain: &str, path: &str) -> Result<String> {
+    if domain.is_empty() {
+        return Err(ConfigError::field(
+            path,
+            "empty domain; give a host name, a wildcard such as *.example.com, or \"*\"",
+        ));
+    }
+    header_value(domain, path)?;
+    let lower = domain.to_ascii_lowercase();
+    let stars = lower.matches('*').count();
+    let valid = stars == 0
+        || lower == "*"
+        || (stars == 1 && (lower.starts_with('*') || lower.ends_with('*')));
+    if !valid {
+        return Err(ConfigError::field(
+            path,
+            format!(
+                "\"{domain}\": a wildcard may only start (*.example.com) or end (example.*) a \
+                 domain, once, or be the whole domain (\"*\")"
+            ),
+        ));
+    }
+    Ok(lower)
+}
+
+fn convert_route(r: &route::Route, path: &str, clusters: &[model::Cluster]) -> Result<m::Route> {
+    use route::route::Action;
+
+    let match_path = join(path, "match");
+    let Some(route_match) = &r.r#match else {
+        return Err(ConfigError::field(
+            match_path,
+            "missing; a route needs a match, e.g. match: {prefix: \"/\"}",
+        ));
+    };
+    let matcher = convert_match(route_match, &match_path)?;
+    let action = match &r.action {
+        Some(Action::Route(action)) => {
+            m::RouteAction::Forward(Box::new(forward(action, &join(path, "route"), clusters)?))
+        }
+        Some(Action::Redirect(redirect)) => {
+            m::RouteAction::Redirect(convert_redirect(redirect, &join(path, "redirect"))?)
+        }
+        Some(Action::DirectResponse(response)) => {
+            direct_response(response, &join(path, "direct_response"))?
+        }
+        // The supported-field check rejects these first.
+        Some(Action::FilterAction(_)) => {
+            return Err(ConfigError::field(
+                join(path, "filter_action"),
+                "field not supported by keel",
+            ))
+        }
+        Some(Action::NonForwardingAction(_)) => {
+            return Err(ConfigError::field(
+                join(path, "non_forwarding_action"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                path,
+                "the route has no action; set one of route, redirect or direct_response",
+            ))
+        }
+    };
+    Ok(m::Route {
+        name: r.name.clone(),
+        matcher,
+        action,
+        headers: header_mutations(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            path,
+        )?,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Matching.
+
+fn convert_match(route_match: &route::RouteMatch, path: &str) -> Result<m::RouteMatch> {
+    use route::route_match::PathSpecifier;
+
+    let path_match = match &route_match.path_specifier {
+        Some(PathSpecifier::Prefix(prefix)) => m::PathMatch::Prefix(prefix.clone()),
+        Some(PathSpecifier::Path(exact)) => m::PathMatch::Exact(exact.clone()),
+        Some(PathSpecifier::SafeRegex(regex)) => {
+            m::PathMatch::Regex(compile(regex, &join(path, "safe_regex"), Anchor::Whole)?)
+        }
+        Some(PathSpecifier::PathSeparatedPrefix(prefix)) => {
+            separated_prefix(prefix, &join(path, "path_separated_prefix"))?;
+            m::PathMatch::SeparatedPrefix(prefix.clone())
+        }
+        // The supported-field check rejects these first.
+        Some(PathSpecifier::ConnectMatcher(_)) => {
+            return Err(ConfigError::field(
+                join(path, "connect_matcher"),
+                "field not supported by keel",
+            ))
+        }
+        Some(PathSpecifier::PathMatchPolicy(_)) => {
+            return Err(ConfigError::field(
+                join(path, "path_match_policy"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                path,
+                "missing the path to match; set one of prefix, path, safe_regex or \
+                 path_separated_prefix",
+            ))
+        }
+    };
+    let headers_path = join(path, "headers");
+    let headers = route_match
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(h, &index(&headers_path, i)))
+        .collect::<Result<Vec<_>>>()?;
+    let query_path = join(path, "query_parameters");
+    let query_parameters = route_match
+        .query_parameters
+        .iter()
+        .enumerate()
+        .map(|(i, q)| query_parameter(q, &index(&query_path, i)))
+        .collect::<Result<Vec<_>>>()?;
+    let runtime_fraction_ppm = route_match
+        .runtime_fraction
+        .as_ref()
+        .map(|f| runtime_fraction_ppm(f, &join(path, "runtime_fraction")))
+        .transpose()?;
+    Ok(m::RouteMatch {
+        path: path_match,
+        case_sensitive: route_match.case_sensitive.as_ref().is_none_or(|b| b.value),
+        headers,
+        query_parameters,
+        grpc: route_match.grpc.is_some(),
+        runtime_fraction_ppm,
+    })
+}
+
+/// Envoy's rule for `path_separated_prefix`: `^[^?#]+[^?#/]$`.
+fn separated_prefix(prefix: &str, path: &str) -> Result<()> {
+    let problem = if prefix.contains(['?', '#']) {
+        Some("must not contain ? or #")
+    } else if prefix.ends_with('/') {
+        Some("must not end in /")
+    } else if prefix.chars().count() < 2 {
+        Some("needs at least two characters, such as /api")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::field(
+            path,
+            format!("\"{prefix}\" {problem} (Envoy's rule: ^[^?#]+[^?#/]$)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+// Envoy still accepts the deprecated fields read here, so keel does too.
+#[allow(deprecated)]
+fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<m::HeaderMatcher> {
+    use route::header_matcher::HeaderMatchSpecifier as S;
+
+    let name = matcher_header_name(&h.name, &join(path, "name"))?;
+    let literal = |kind, value: &String, field: &str| -> Result<m::ValueMatch> {
+        if value.is_empty() && kind != m::StringMatchKind::Exact {
+            return Err(ConfigError::field(
+                join(path, field),
+                "must not be empty; to match any value use present_match: true",
+            ));
+        }
+        Ok(m::ValueMatch::String(m::StringMatcher {
+            kind,
+            value: value.clone(),
+            ignore_case: false,
+        }))
+    };
+    let rule = match &h.header_match_specifier {
+        // Envoy: no specifier means the header must be present.
+        None => m::ValueMatch::Present,
+        Some(S::PresentMatch(true)) => m::ValueMatch::Present,
+        Some(S::PresentMatch(false)) => m::ValueMatch::Absent,
+        Some(S::ExactMatch(value)) => literal(m::StringMatchKind::Exact, value, "exact_match")?,
+        Some(S::PrefixMatch(value)) => literal(m::StringMatchKind::Prefix, value, "prefix_match")?,
+        Some(S::SuffixMatch(value)) => literal(m::StringMatchKind::Suffix, value, "suffix_match")?,
+        Some(S::ContainsMatch(value)) => {
+            literal(m::StringMatchKind::Contains, value, "contains_match")?
+        }
+        Some(S::SafeRegexMatch(regex)) => m::ValueMatch::Regex(compile(
+            regex,
+            &join(path, "safe_regex_match"),
+            Anchor::Whole,
+        )?),
+        Some(S::RangeMatch(range)) => int_range(range, &join(path, "range_match"))?,
+        Some(S::StringMatch(string)) => string_matcher(string, &join(path, "string_match"))?,
+    };
+    Ok(m::HeaderMatcher {
+        name,
+        rule,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+fn int_range(range: &types::Int64Range, path: &str) -> Result<m::ValueMatch> {
+    if range.start >= range.end {
+        return Err(ConfigError::field(
+            path,
+            format!(
+                "the range [{}, {}) is empty (start is inclusive, end exclusive); give start < end",
+                range.start, range.end
+            ),
+        ));
+    }
+    Ok(m::ValueMatch::Range {
+        start: range.start,
+        end: range.end,
+    })
+}
+
+fn query_parameter(
+    q: &route::QueryParameterMatcher,
+    path: &str,
+) -> Result<m::QueryParameterMatcher> {
+    use route::query_parameter_matcher::QueryParameterMatchSpecifier as S;
+
+    if q.name.is_empty() {
+        return Err(ConfigError::field(
+            join(path, "name"),
+            "missing; name the query parameter",
+        ));
+    }
+    if q.name.len() > 1024 {
+        return Err(ConfigError::field(
+            join(path, "name"),
+            "longer than Envoy's limit of 1024 bytes",
+        ));
+    }
+    let rule = match &q.query_parameter_match_specifier {
+        // Envoy: no specifier means the parameter must be present.
+        None | Some(S::PresentMatch(true)) => m::ValueMatch::Present,
+        Some(S::PresentMatch(false)) => m::ValueMatch::Absent,
+        Some(S::StringMatch(string)) => string_matcher(string, &join(path, "string_match"))?,
+    };
+    Ok(m::QueryParameterMatcher {
+        name: q.name.clone(),
+        rule,
+    })
+}
+
+/// A `StringMatcher`; `ignore_case` lower-cases the literal (it does not apply to
+/// `safe_regex`, as in Envoy).
+fn string_matcher(s: &matcher::StringMatcher, path: &str) -> Result<m::ValueMatch> {
+    use matcher::string_matcher::MatchPattern as P;
+
+    let (kind, value, field) = match &s.match_pattern {
+        Some(P::Exact(value)) => (m::StringMatchKind::Exact, value, "exact"),
+        Some(P::Prefix(value)) => (m::StringMatchKind::Prefix, value, "prefix"),
+        Some(P::Suffix(value)) => (m::StringMatchKind::Suffix, value, "suffix"),
+        Some(P::Contains(value)) => (m::StringMatchKind::Contains, value, "contains"),
+        Some(P::SafeRegex(regex)) => {
+            return Ok(m::ValueMatch::Regex(compile(
+                regex,
+                &join(path, "safe_regex"),
+                Anchor::Whole,
+            )?))
+        }
+        // The supported-field check rejects this first.
+        Some(P::Custom(_)) => {
+            return Err(ConfigError::field(
+                join(path, "custom"),
+                "field not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                path,
+                "missing the pattern; set one of exact, prefix, suffix, contains or safe_regex",
+            ))
+        }
+    };
+    if value.is_empty() && kind != m::StringMatchKind::Exact {
+        return Err(ConfigError::field(
+            join(path, field),
+            "must not be empty (Envoy forbids it); to match any value use safe_regex: {regex: \".*\"}",
+        ));
+    }
+    Ok(m::ValueMatch::String(m::StringMatcher {
+        kind,
+        value: if s.ignore_case {
+            value.to_ascii_lowercase()
+        } else {
+            value.clone()
+        },
+        ignore_case: s.ignore_case,
+    }))
+}
+
+/// Whether a compiled regex must match all of its input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    /// Matchers: the whole path or value (Envoy's RE2 full match).
+    Whole,
+    /// Rewrites: any match in the input.
+    Anywhere,
+}
+
+/// Compiles `regex.regex` (at `path`, the `RegexMatcher`). keel reads RE2 syntax with the
+/// `regex` crate, which accepts nearly all of it and guarantees linear time as RE2 does.
+fn compile(regex: &matcher::RegexMatcher, path: &str, anchor: Anchor) -> Result<regex::Regex> {
+    let regex_path = join(path, "regex");
+    if regex.regex.is_empty() {
+        return Err(ConfigError::field(
+            regex_path,
+            "missing; give the regular expression",
+        ));
+    }
+    let pattern = match anchor {
+        Anchor::Whole => format!("^(?:{})$", regex.regex),
+        Anchor::Anywhere => regex.regex.clone(),
+    };
+    regex::Regex::new(&pattern).map_err(|_| {
+        // Report the error against the pattern as written, not the anchored one.
+        let reason = match regex::Regex::new(&regex.regex) {
+            Err(e) => e.to_string(),
+            Ok(_) => "it cannot be anchored to match the whole input".to_string(),
+        };
+        ConfigError::field(
+            regex_path,
+            format!(
+                "\"{}\" is not a valid regular expression: {reason}",
+                regex.regex
+            ),
+        )
+    })
+}
+
+/// Parts per million of a `RuntimeFractionalPercent`'s `default_value` (its
+/// `runtime_key` is accepted and ignored: keel has no runtime). Over 100% is 100%, as in
+/// Envoy.
+fn runtime_fraction_ppm(fraction: &core::RuntimeFractionalPercent, path: &str) -> Result<u32> {
+    let Some(value) = &fraction.default_value else {
+        return Err(ConfigError::field(
+            join(path, "default_value"),
+            "missing; give numerator and denominator (HUNDRED, TEN_THOUSAND or MILLION)",
+        ));
+    };
+    fractional_percent_ppm(value, &join(path, "default_value"))
+}
+
+fn fractional_percent_ppm(value: &types::FractionalPercent, path: &str) -> Result<u32> {
+    use types::fractional_percent::DenominatorType;
+    let scale: u64 = match DenominatorType::try_from(value.denominator) {
+        Ok(DenominatorType::Hundred) => 10_000,
+        Ok(DenominatorType::TenThousand) => 100,
+        Ok(DenominatorType::Million) => 1,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "denominator"),
+                format!(
+                    "unknown denominator {}; expected HUNDRED, TEN_THOUSAND or MILLION",
+                    value.denominator
+                ),
+            ))
+        }
+    };
+    let ppm = (u64::from(value.numerator) * scale).min(u64::from(MILLION));
+    Ok(u32::try_from(ppm).expect("at most a million"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions.
+
+fn forward(
+    action: &route::RouteAction,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<m::ForwardAction> {
+    use route::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
+
+    let cluster = match &action.cluster_specifier {
+        Some(C::Cluster(name)) => {
+            let cluster_path = join(path, "cluster");
+            if name.is_empty() {
+                return Err(ConfigError::field(
+                    cluster_path,
+                    "missing; name the cluster to forward to",
+                ));
+            }
+            known_cluster(name, &cluster_path, clusters)?;
+            m::ClusterSpecifier::Cluster(name.clone())
+        }
+        Some(C::WeightedClusters(weighted)) => {
+            weighted_clusters(weighted, &join(path, "weighted_clusters"), clusters)?
+        }
+        Some(C::ClusterHeader(header)) => {
+            m::ClusterSpecifier::Header(matcher_header_name(header, &join(path, "cluster_header"))?)
+        }
+        // The supported-field check rejects these first.
+        Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
+            return Err(ConfigError::field(
+                path,
+                "cluster specifier plugins are not supported by keel",
+            ))
+        }
+        None => {
+            return Err(ConfigError::field(
+                path,
+                "missing the upstream; set one of cluster, weighted_clusters or cluster_header",
+            ))
+        }
+    };
+
+    let prefix_rewrite = if action.prefix_rewrite.is_empty() {
+        None
+    } else {
+        header_value(&action.prefix_rewrite, &join(path, "prefix_rewrite"))?;
+        Some(action.prefix_rewrite.clone())
+    };
+    let regex_rewrite = match &action.regex_rewrite {
+        None => None,
+        Some(_) if prefix_rewrite.is_some() => {
+            return Err(ConfigError::field(
+                join(path, "regex_rewrite"),
+                "prefix_rewrite is set too; give only one of prefix_rewrite and regex_rewrite \
+                 (Envoy rejects both)",
+            ))
+        }
+        Some(rewrite) => Some(regex_rewrite(rewrite, &join(path, "regex_rewrite"))?),
+    };
+    let host_rewrite = match &action.host_rewrite_specifier {
+        None => m::HostRewrite::None,
+        Some(H::HostRewriteLiteral(host)) if host.is_empty() => m::HostRewrite::None,
+        Some(H::HostRewriteLiteral(host)) => {
+            header_value(host, &join(path, "host_rewrite_literal"))?;
+            m::HostRewrite::Literal(host.clone())
+        }
+        Some(H::AutoHostRewrite(auto)) if auto.value => m::HostRewrite::Auto,
+        Some(H::AutoHostRewrite(_)) => m::HostRewrite::None,
+        // The supported-field check rejects these first.
+        Some(_) => {
+            return Err(ConfigError::field(
+                path,
+                "this host rewrite is not supported by keel; use host_rewrite_literal or \
+                 auto_host_rewrite",
+            ))
+        }
+    };
+    let idle_timeout = match &action.idle_timeout {
+        None => None,
+        // Zero disables idle timeouts for the route, the stream idle timeout included.
+        Some(d) => Some(duration(d, &join(path, "idle_timeout"))?),
+    };
+
+    let mirrors_path = join(path, "request_mirror_policies");
+    let mut mirrors = Vec::with_capacity(action.request_mirror_policies.len());
+    for (i, mirror) in action.request_mirror_policies.iter().enumerate() {
+        let mirror_path = index(&mirrors_path, i);
+        let cluster_path = join(&mirror_path, "cluster");
+        if mirror.cluster.is_empty() {
+            return Err(ConfigError::field(
+                cluster_path,
+                "missing; name the cluster to mirror requests to",
+            ));
+        }
+        known_cluster(&mirror.cluster, &cluster_path, clusters)?;
+        let ppm = match &mirror.runtime_fraction {
+            // All requests when not set.
+            None => MILLION,
+            Some(f) => runtime_fraction_ppm(f, &join(&mirror_path, "runtime_fraction"))?,
+        };
+        mirrors.push((mirror.cluster.clone(), ppm));
+    }
+
+    Ok(m::ForwardAction {
+        cluster,
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite,
+        timeout: timeout(
+            action.timeout.as_ref(),
+            Some(DEFAULT_ROUTE_TIMEOUT),
+            &join(path, "timeout"),
+        )?,
+        idle_timeout,
+        mirrors,
+        retry_policy: action
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(p, &join(path, "retry_policy")))
+            .transpose()?,
+    })
+}
+
+// Envoy still accepts the deprecated fields read here, so keel does too.
+#[allow(deprecated)]
+fn weighted_clusters(
+    weighted: &route::WeightedCluster,
+    path: &str,
+    clusters: &[model::Cluster],
+) -> Result<m::ClusterSpecifier> {
+    let list_path = join(path, "clusters");
+    if weighted.clusters.is_empty() {
+        return Err(ConfigError::field(
+            list_path,
+            "missing; list the clusters with their weights",
+        ));
+    }
+    let mut total: u64 = 0;
+    let mut out = Vec::with_capacity(weighted.clusters.len());
+    for (i, c) in weighted.clusters.iter().enumerate() {
+        let item = index(&list_path, i);
+        let name_path = join(&item, "name");
+        if c.name.is_empty() {
+            return Err(ConfigError::field(name_path, "missing; name the cluster"));
+        }
+        known_cluster(&c.name, &name_path, clusters)?;
+        // Envoy's default weight is 0.
+        let weight = c.weight.as_ref().map_or(0, |w| w.value);
+        total += u64::from(weight);
+        out.push((c.name.clone(), weight));
+    }
+    if total == 0 {
+        return Err(ConfigError::field(
+            list_path,
+            "the weights add up to 0; give at least one cluster a weight",
+        ));
+    }
+    if total > u64::from(u32::MAX) {
+        return Err(ConfigError::field(
+            list_path,
+            format!("the weights add up to {total}, more than Envoy's limit of 4294967295"),
+        ));
+    }
+    if let Some(declared) = &weighted.total_weight {
+        if u64::from(declared.value) != total {
+            return Err(ConfigError::field(
+                join(path, "total_weight"),
+                format!(
+                    "is {} but the weights add up to {total}; remove total_weight (deprecated) or \
+                     make it the sum",
+                    declared.value
+                ),
+            ));
+        }
+    }
+    Ok(m::ClusterSpecifier::Weighted(out))
+}
+
+/// A `RegexMatchAndSubstitute`. The substitution stays in RE2's syntax, as written (the
+/// router turns it into the `regex` crate's); here it is checked: `\0` to `\9` must name
+/// groups of the pattern, and `\\` is the only other escape.
+fn regex_rewrite(
+    rewrite: &matcher::RegexMatchAndSubstitute,
+    path: &str,
+) -> Result<(regex::Regex, String)> {
+    let pattern_path = join(path, "pattern");
+    let Some(pattern) = &rewrite.pattern else {
+        return Err(ConfigError::field(
+            pattern_path,
+            "missing; give pattern.regex",
+        ));
+    };
+    let regex = compile(pattern, &pattern_path, Anchor::Anywhere)?;
+    let substitution_path = join(path, "substitution");
+    header_value(&rewrite.substitution, &substitution_path)?;
+    let groups = regex.captures_len();
+    let mut chars = rewrite.substitution.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            continue;
+        }
+        match chars.next() {
+            Some(digit @ '0'..='9') => {
+                let group = digit as usize - '0' as usize;
+                if group >= groups {
+                    return Err(ConfigError::field(
+                        substitution_path,
+                        format!(
+                            "\\{group} names no capture group: the pattern has {}",
+                            groups - 1
+                        ),
+                    ));
+                }
+            }
+            Some('\\') => {}
+            other => {
+                let shown = other.map_or("\\ at the end".to_string(), |c| format!("\\{c}"));
+                return Err(ConfigError::field(
+                    substitution_path,
+                    format!("invalid escape {shown}; RE2 substitutions know \\0 to \\9 and \\\\"),
+                ));
+            }
+        }
+    }
+    Ok((regex, rewrite.substitution.clone()))
+}
+
+fn retry_policy(policy: &route::RetryPolicy, path: &str) -> Result<m::RetryPolicy> {
+    let retry_on_path = join(path, "retry_on");
+    let mut retry_on = Vec::new();
+    for condition in policy.retry_on.split(',').map(str::trim) {
+        if condition.is_empty() {
+            continue;
+        }
+        if !RETRY_ON.contains(&condition) {
+            return Err(ConfigError::field(
+                retry_on_path,
+                format!(
+                    "unknown retry condition \"{condition}\"; Envoy knows {}",
+                    RETRY_ON.join(", ")
+                ),
+            ));
+        }
+        retry_on.push(condition.to_string());
+    }
+    let codes_path = join(path, "retriable_status_codes");
+    let retriable_status_codes = policy
+        .retriable_status_codes
+        .iter()
+        .enumerate()
+        .map(|(i, &code)| {
+            u16::try_from(code)
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| {
+                    ConfigError::field(
+                        index(&codes_path, i),
+                        format!("{code} is not an HTTP status code (100 to 599)"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(m::RetryPolicy {
+        retry_on,
+        num_retries: policy.num_retries.as_ref().map_or(1, |n| n.value),
+        // Zero means not set, as in Envoy: the route timeout bounds each try.
+        per_try_timeout: timeout(
+            policy.per_try_timeout.as_ref(),
+            None,
+            &join(path, "per_try_timeout"),
+        )?,
+        retriable_status_codes,
+    })
+}
+
+fn convert_redirect(redirect: &route::RedirectAction, path: &str) -> Result<m::Redirect> {
+    use route::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as Code, SchemeRewriteSpecifier as S,
+    };
+
+    let scheme = match &redirect.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::HttpsRedirect(false)) | None => None,
+        Some(S::SchemeRedirect(scheme)) if scheme.is_empty() => None,
+        Some(S::SchemeRedirect(scheme)) => {
+            let valid = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+            if !valid {
+                return Err(ConfigError::field(
+                    join(path, "scheme_redirect"),
+                    format!("\"{scheme}\" is not a URL scheme such as https"),
+                ));
+            }
+            Some(scheme.clone())
+        }
+    };
+    let host = if redirect.host_redirect.is_empty() {
+        None
+    } else {
+        header_value(&redirect.host_redirect, &join(path, "host_redirect"))?;
+        Some(redirect.host_redirect.clone())
+    };
+    let port = match redirect.port_redirect {
+        0 => None,
+        port => Some(u16::try_from(port).map_err(|_| {
+            ConfigError::field(
+                join(path, "port_redirect"),
+                format!("{port} is not a port (at most 65535)"),
+            )
+        })?),
+    };
+    let (redirect_path, prefix_rewrite) =
+        match &redirect.path_rewrite_specifier {
+            None => (None, None),
+            Some(P::PathRedirect(p)) => {
+                header_value(p, &join(path, "path_redirect"))?;
+                ((!p.is_empty()).then(|| p.clone()), None)
+            }
+            Some(P::PrefixRewrite(p)) => {
+                header_value(p, &join(path, "prefix_rewrite"))?;
+                (None, (!p.is_empty()).then(|| p.clone()))
+            }
+            // The supported-field check rejects these first.
+            Some(_) => return Err(ConfigError::field(
+                path,
+                "this path rewrite is not supported by keel; use path_redirect or prefix_rewrite",
+            )),
+        };
+    let status = match Code::try_from(redirect.response_code) {
+        Ok(Code::MovedPermanently) => 301,
+        Ok(Code::Found) => 302,
+        Ok(Code::SeeOther) => 303,
+        Ok(Code::TemporaryRedirect) => 307,
+        Ok(Code::PermanentRedirect) => 308,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "response_code"),
+                format!(
+                    "unknown response code {}; expected MOVED_PERMANENTLY, FOUND, SEE_OTHER, \
+                     TEMPORARY_REDIRECT or PERMANENT_REDIRECT",
+                    redirect.response_code
+                ),
+            ))
+        }
+    };
+    Ok(m::Redirect {
+        scheme,
+        host,
+        port,
+        path: redirect_path,
+        prefix_rewrite,
+        status,
+        strip_query: redirect.strip_query,
+    })
+}
+
+fn direct_response(response: &route::DirectResponseAction, path: &str) -> Result<m::RouteAction> {
+    use core::data_source::Specifier;
+
+    // Envoy's rule: 200 <= status < 600.
+    let status = u16::try_from(response.status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))
+        .ok_or_else(|| {
+            ConfigError::field(
+                join(path, "status"),
+                format!(
+                    "{} is not a status Envoy sends as a direct response; give 200 to 599",
+                    response.status
+                ),
+            )
+        })?;
+    let body_path = join(path, "body");
+    let body = match response.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        None => None,
+        Some(Specifier::InlineString(s)) => Some(bytes::Bytes::copy_from_slice(s.as_bytes())),
+        Some(Specifier::InlineBytes(b)) => Some(bytes::Bytes::copy_from_slice(b)),
+        // The supported-field check rejects these first.
+        Some(_) => {
+            return Err(ConfigError::field(
+                body_path,
+                "keel reads a body only from inline_string or inline_bytes",
+            ))
+        }
+    };
+    if let Some(body) = &body {
+        if body.len() > MAX_DIRECT_RESPONSE_BODY {
+            return Err(ConfigError::field(
+                body_path,
+                format!(
+                    "the body is {} bytes; Envoy's limit for a direct response body is \
+                     {MAX_DIRECT_RESPONSE_BODY} bytes",
+                    body.len()
+                ),
+            ));
+        }
+    }
+    Ok(m::RouteAction::DirectResponse {
+        status,
+        body: body.filter(|b| !b.is_empty()),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Headers.
+
+/// The four header lists of a route table, virtual host or route (at `path`).
+fn header_mutations(
+    request_add: &[core::HeaderValueOption],
+    request_remove: &[String],
+    response_add: &[core::HeaderValueOption],
+    response_remove: &[String],
+    path: &str,
+) -> Result<m::HeaderMutations> {
+    let adds =
+        |list: &[core::HeaderValueOption], field: &str| -> Result<Vec<m::HeaderValueOption>> {
+            let list_path = join(path, field);
+            if list.len() > 1000 {
+                return Err(ConfigError::field(
+                    list_path,
+                    format!("{} entries; Envoy allows at most 1000", list.len()),
+                ));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, h)| header_value_option(h, &index(&list_path, i)))
+                .collect()
+        };
+    let removes = |list: &[String], field: &str| -> Result<Vec<String>> {
+        let list_path = join(path, field);
+        list.iter()
+            .enumerate()
+            .map(|(i, name)| modifiable_header_name(name, &index(&list_path, i), "removed"))
+            .collect()
+    };
+    Ok(m::HeaderMutations {
+        request_add: adds(request_add, "request_headers_to_add")?,
+        request_remove: removes(request_remove, "request_headers_to_remove")?,
+        response_add: adds(response_add, "response_headers_to_add")?,
+        response_remove: removes(response_remove, "response_headers_to_remove")?,
+    })
+}
+
+// Envoy still accepts the deprecated fields read here, so keel does too.
+#[allow(deprecated)]
+fn header_value_option(h: &core::HeaderValueOption, path: &str) -> Result<m::HeaderValueOption> {
+    use core::header_value_option::HeaderAppendAction as A;
+
+    let header_path = join(path, "header");
+    let Some(header) = &h.header else {
+        return Err(ConfigError::field(
+            header_path,
+            "missing; give header.key and header.value",
+        ));
+    };
+    let name = modifiable_header_name(&header.key, &join(&header_path, "key"), "added")?;
+    header_value(&header.value, &join(&header_path, "value"))?;
+    let action = match A::try_from(h.append_action) {
+        Ok(action) => action,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "append_action"),
+                format!(
+                    "unknown value {}; expected APPEND_IF_EXISTS_OR_ADD, ADD_IF_ABSENT, \
+                     OVERWRITE_IF_EXISTS_OR_ADD or OVERWRITE_IF_EXISTS",
+                    h.append_action
+                ),
+            ))
+        }
+    };
+    // The deprecated `append` maps as in Envoy: true appends, false overwrites; it may
+    // not be combined with an append_action other than the default.
+    let action =
+        match (&h.append, action) {
+            (Some(append), A::AppendIfExistsOrAdd) if !append.value => A::OverwriteIfExistsOrAdd,
+            (Some(_), A::AppendIfExistsOrAdd) | (None, _) => action,
+            (Some(_), _) => return Err(ConfigError::field(
+                join(path, "append"),
+                "append (deprecated) and append_action are both set; keep append_action (Envoy \
+                 rejects both too)",
+            )),
+        };
+    Ok(m::HeaderValueOption {
+        name,
+        value: header.value.clone(),
+        action: match action {
+            A::AppendIfExistsOrAdd => m::AppendAction::AppendIfExistsOrAdd,
+            A::AddIfAbsent => m::AppendAction::AddIfAbsent,
+            A::OverwriteIfExistsOrAdd => m::AppendAction::OverwriteIfExistsOrAdd,
+            A::OverwriteIfExists => m::AppendAction::OverwriteIfExists,
+        },
+        keep_empty_value: h.keep_empty_value,
+    })
+}
+
+/// A header name for `*_headers_to_add` / `_remove`, lower-cased. Like Envoy, keel does
+/// not let configuration add or remove pseudo-headers (`:path`, ...) or `host`.
+fn modifiable_header_name(name: &str, path: &str, verb: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(ConfigError::field(path, "missing; give the header's name"));
+    }
+    if name.starts_with(':') {
+        return Err(ConfigError::field(
+            path,
+            format!(
+                "\"{name}\": pseudo-headers (names starting with \":\") cannot be {verb} here \
+                 (Envoy forbids it too); use the route's rewrite options instead"
+            ),
+        ));
+    }
+    if name.eq_ignore_ascii_case("host") {
+        return Err(ConfigError::field(
+            path,
+            format!(
+                "\"{name}\" cannot be {verb} here (Envoy forbids it too); to change the host use \
+                 the route's host_rewrite_literal"
+            ),
+        ));
+    }
+    regular_header_name(name, path)
+}
+
+/// A header name to match on (or to read a cluster name from), lower-cased: a regular
+/// name or a pseudo-header such as `:authority`.
+fn matcher_header_name(name: &str, path: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(ConfigError::field(path, "missing; give the header's name"));
+    }
+    match name.strip_prefix(':') {
+        Some(pseudo) if !pseudo.is_empty() && pseudo.bytes().all(is_token_byte) => {
+            Ok(name.to_ascii_lowercase())
+        }
+        Some(_) => Err(ConfigError::field(
+            path,
+            format!("\"{name}\" is not a valid pseudo-header name such as :authority"),
+        )),
+        None => regular_header_name(name, path),
+    }
+}
+
+fn regular_header_name(name: &str, path: &str) -> Result<String> {
+    if name.len() > 16384 {
+        return Err(ConfigError::field(
+            path,
+            "longer than Envoy's limit of 16384 bytes",
+        ));
+    }
+    match ::http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(header) => Ok(header.as_str().to_string()),
+        Err(_) => Err(ConfigError::field(
+            path,
+            format!("\"{name}\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"),
+        )),
+    }
+}
