@@ -4,14 +4,16 @@
 //! `--mode validate` checks it and exits 0 or 1, as Envoy does. `keel demo` runs the
 //! self-contained demonstration of the kernel data path.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::datapath::{self, Datapath};
 use crate::model::{Balancing, Bootstrap, WhenUnavailable};
-use crate::{config, listener};
+use crate::{admin, config, listener};
 
 /// keel: a per-node service-mesh proxy with an eBPF-accelerated data path.
 #[derive(Debug, Parser)]
@@ -96,12 +98,37 @@ pub fn main() -> anyhow::Result<()> {
         };
     }
     let kernel_services = kernel_services?;
+    let options = command_line_options(&cli);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.concurrency.unwrap_or_else(num_cpus).max(1))
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cli.mode, bootstrap, kernel_services))
+    runtime.block_on(serve(cli.mode, bootstrap, kernel_services, options))
+}
+
+/// The command line as the admin API's `/server_info` reports it.
+fn command_line_options(cli: &Cli) -> admin::CommandLineOptions {
+    admin::CommandLineOptions {
+        concurrency: cli.concurrency.unwrap_or_else(num_cpus).max(1) as u32,
+        config_path: cli
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        config_yaml: cli.config_yaml.clone().unwrap_or_default(),
+        log_level: cli.log_level.clone(),
+        component_log_level: cli.component_log_level.clone().unwrap_or_default(),
+        service_cluster: cli.service_cluster.clone().unwrap_or_default(),
+        service_node: cli.service_node.clone().unwrap_or_default(),
+        drain_time: std::time::Duration::from_secs(cli.drain_time_s),
+        mode: match cli.mode {
+            Mode::Serve => "Serve",
+            Mode::Validate => "Validate",
+            Mode::InitOnly => "InitOnly",
+        }
+        .into(),
+    }
 }
 
 fn num_cpus() -> usize {
@@ -146,14 +173,36 @@ fn load_bootstrap(cli: &Cli) -> anyhow::Result<Bootstrap> {
     Ok(bootstrap.clone())
 }
 
-/// Serves until SIGINT or SIGTERM (or returns after start-up in init_only mode).
+/// Serves until SIGINT, SIGTERM or `POST /quitquitquit` on the admin API (or returns
+/// after start-up in init_only mode).
 async fn serve(
     mode: Mode,
     mut bootstrap: Bootstrap,
     kernel_services: Vec<datapath::KernelService>,
+    options: admin::CommandLineOptions,
 ) -> anyhow::Result<()> {
-    let datapath = start_datapath(&mut bootstrap, &kernel_services)?;
+    // The admin API starts first (on its own thread) so that /ready answers
+    // INITIALIZING while the data path loads; it reads the data path through the lock.
+    let datapath: admin::SharedDatapath = Arc::new(Mutex::new(None));
+    let admin = start_admin(&bootstrap, options, &datapath)?;
+    if let Some((admin, _)) = &admin {
+        admin.set_state(admin::ServerState::Initializing);
+    }
+    let loaded = start_datapath(&mut bootstrap, &kernel_services)?;
+    *datapath.lock().unwrap_or_else(PoisonError::into_inner) = loaded;
     let listeners = listener::start(&bootstrap).await?;
+    if let Some((admin, _)) = &admin {
+        // Userspace listeners in order, as `listener::start` reports their addresses.
+        let bound: BTreeMap<String, std::net::SocketAddr> = bootstrap
+            .listeners
+            .iter()
+            .filter(|l| l.balancing != Balancing::Kernel)
+            .map(|l| l.name.clone())
+            .zip(listeners.addresses.iter().copied())
+            .collect();
+        admin.publish(Arc::new(bootstrap.clone()), bound);
+        admin.set_state(admin::ServerState::Live);
+    }
     tracing::info!(
         listeners = listeners.len(),
         kernel_services = kernel_services.len(),
@@ -162,11 +211,38 @@ async fn serve(
     if mode == Mode::InitOnly {
         return Ok(());
     }
-    wait_for_shutdown().await;
+    wait_for_shutdown(admin.as_ref().map(|(admin, _)| admin.as_ref())).await;
+    if let Some((admin, _)) = &admin {
+        admin.set_state(admin::ServerState::Draining);
+    }
     tracing::info!("shutting down: detaching the kernel hooks (maps stay pinned)");
     drop(listeners);
-    drop(datapath);
+    // Taken out of the lock so the hooks detach here even though the admin thread
+    // holds a reference to the lock.
+    let loaded = datapath
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(loaded);
+    drop(admin);
     Ok(())
+}
+
+/// Starts the admin API when the bootstrap configures `admin.address`.
+fn start_admin(
+    bootstrap: &Bootstrap,
+    options: admin::CommandLineOptions,
+    datapath: &admin::SharedDatapath,
+) -> anyhow::Result<Option<(Arc<admin::Admin>, admin::AdminServer)>> {
+    let Some(config) = &bootstrap.admin else {
+        return Ok(None);
+    };
+    let state = Arc::new(
+        admin::Admin::new(Arc::new(bootstrap.clone()), options)
+            .with_kernel(admin::kernel_source(datapath.clone())),
+    );
+    let server = admin::start(config.address, state.clone())?;
+    Ok(Some((state, server)))
 }
 
 /// Loads the kernel data path when the configuration has kernel-balanced listeners,
@@ -217,12 +293,19 @@ fn start_datapath(
     }
 }
 
-async fn wait_for_shutdown() {
+async fn wait_for_shutdown(admin: Option<&admin::Admin>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let quit = async {
+        match admin {
+            Some(admin) => admin.quit_requested().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = quit => {}
     }
 }
 

@@ -7,12 +7,15 @@
 //! [`cluster`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod datapath;
 pub mod demo;
+pub mod http;
 pub mod listener;
 pub mod model;
 pub mod observe;
 pub mod router;
+pub mod upstream;

@@ -1,10 +1,17 @@
 //! Listeners served in userspace: bind, accept and run the filter chain.
 //!
-//! Today a chain is one `tcp_proxy`: pick an endpoint of the cluster with the same
-//! tables the kernel uses ([`crate::cluster`]), connect within `connect_timeout`, and
-//! copy both ways until either side closes or `idle_timeout` passes without a byte.
-//! Kernel-balanced listeners are not bound here unless the kernel path is unavailable
-//! and the config asked for the userspace fallback.
+//! A chain is one terminal network filter:
+//! - `tcp_proxy`: pick an endpoint of the cluster with the same tables the kernel
+//!   uses ([`crate::cluster`]), connect within `connect_timeout`, and copy both ways
+//!   until either side closes or `idle_timeout` passes without a byte;
+//! - `http_connection_manager`: serve HTTP/1.1 and h2c with
+//!   [`crate::http::ConnectionManager`], forwarding through the clusters' connection
+//!   pools ([`crate::upstream`]), which all HTTP listeners share.
+//!
+//! Each listener is bound with SO_REUSEPORT and served by one accept loop whose
+//! connections run as tasks on the runtime's workers. Kernel-balanced listeners are
+//! not bound here unless the kernel path is unavailable and the config asked for the
+//! userspace fallback.
 
 mod tcp_proxy;
 
@@ -14,7 +21,9 @@ use std::sync::Arc;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
+use crate::http::{ConnectionManager, HttpError};
 use crate::model::{Balancing, Bootstrap, NetworkFilter, Protocol};
+use crate::upstream::Upstreams;
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +37,14 @@ pub enum ListenerError {
         address: SocketAddr,
         /// The cause.
         source: std::io::Error,
+    },
+    /// An HTTP connection manager could not be built.
+    #[error("listener {name}: {source}")]
+    Http {
+        /// Listener name.
+        name: String,
+        /// The cause.
+        source: HttpError,
     },
     /// Something the userspace path does not serve yet.
     #[error("listener {name}: {message}")]
@@ -70,6 +87,7 @@ impl Drop for Listeners {
 /// Binds and serves every userspace-balanced listener of `bootstrap`.
 pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
     let mut listeners = Listeners::default();
+    let mut upstreams: Option<Arc<Upstreams>> = None;
     for listener in &bootstrap.listeners {
         if listener.balancing == Balancing::Kernel {
             continue;
@@ -86,19 +104,44 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
                 "several filter chains need filter_chain_match, which keel does not serve yet",
             ));
         };
-        let [NetworkFilter::TcpProxy(config)] = chain.filters.as_slice() else {
-            return Err(unsupported(
-                "a filter chain is a single tcp_proxy filter for now",
-            ));
-        };
-        let cluster = bootstrap
-            .cluster(&config.cluster)
-            .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
         let bind_error = |source| ListenerError::Bind {
             name: listener.name.clone(),
             address: listener.address,
             source,
         };
+        let config = match chain.filters.as_slice() {
+            [NetworkFilter::TcpProxy(config)] => config,
+            [NetworkFilter::HttpConnectionManager(config)] => {
+                let upstreams = upstreams
+                    .get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
+                let manager = ConnectionManager::new(Arc::clone(config), Arc::clone(upstreams))
+                    .map_err(|source| ListenerError::Http {
+                        name: listener.name.clone(),
+                        source,
+                    })?;
+                let socket = bind(listener.address).map_err(bind_error)?;
+                let bound = socket.local_addr().map_err(bind_error)?;
+                tracing::info!(
+                    listener = %listener.name,
+                    address = %bound,
+                    stat_prefix = %config.stat_prefix,
+                    "listening (HTTP)"
+                );
+                listeners.addresses.push(bound);
+                listeners
+                    .tasks
+                    .push(tokio::spawn(Arc::new(manager).serve(socket)));
+                continue;
+            }
+            _ => {
+                return Err(unsupported(
+                    "a filter chain is a single tcp_proxy or http_connection_manager filter",
+                ))
+            }
+        };
+        let cluster = bootstrap
+            .cluster(&config.cluster)
+            .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
         let socket = bind(listener.address).map_err(bind_error)?;
         let bound = socket.local_addr().map_err(bind_error)?;
         let proxy = Arc::new(tcp_proxy::TcpProxy::new(config.clone(), cluster));

@@ -1,0 +1,434 @@
+//! The HTTP connection manager (`envoy.filters.network.http_connection_manager`):
+//! serves HTTP/1.1 and h2c on a listener's connections with hyper, applies Envoy's
+//! connection-manager behaviour to every request, runs the HTTP filter chain and
+//! ends it with the router, which answers locally or forwards upstream.
+//!
+//! Layout:
+//! - this module: [`ConnectionManager`] (built once per listener filter chain from the
+//!   validated model) and the per-connection loop: codec choice, connection timeouts;
+//! - `request`: the request pipeline (validation, header mutations, routing, local
+//!   replies, the filter chain);
+//! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
+//!   request and timeouts, upgrades (websocket splicing), request mirroring;
+//! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
+//! - [`body`], `stream`: bodies and the per-request state that ends with the
+//!   response body;
+//! - `headers`: `x-forwarded-*`, `x-request-id`, hop-by-hop headers, path
+//!   normalization; [`local_reply`]: Envoy-shaped local replies (gRPC included).
+//!
+//! Codec: `AUTO` peeks at the first bytes of a connection for the HTTP/2 preface and
+//! hands the socket to hyper's HTTP/1 or HTTP/2 server directly (no rewind buffer);
+//! only a client that sent part of the preface and paused goes through hyper-util's
+//! auto-detecting server.
+//!
+//! Connection timeouts: `request_headers_timeout` is hyper's HTTP/1 header read
+//! timeout (which also bounds how long an idle keep-alive connection waits for its
+//! next request); `idle_timeout` closes a connection with no stream for that long and
+//! `max_connection_duration` drains it (HTTP/2 GOAWAY, HTTP/1 `connection: close`
+//! after the stream in flight), both followed by `drain_timeout`.
+
+pub mod body;
+pub mod filter;
+mod headers;
+pub mod local_reply;
+mod proxy;
+mod request;
+mod stats;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::model::http::{Codec, HttpConnectionManager, HttpFilter as FilterConfig, RouteAction};
+use crate::observe::StreamInfo;
+use crate::router::{RouteTable, RouteTableError, RouteTableOptions};
+use crate::upstream::Upstreams;
+
+pub use stream::ResponseBody;
+
+/// Why a connection manager could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The route configuration does not compile.
+    #[error("http connection manager {stat_prefix}: {source}")]
+    RouteConfig {
+        /// The connection manager's `stat_prefix`.
+        stat_prefix: String,
+        /// What is wrong.
+        source: RouteTableError,
+    },
+}
+
+/// Per-route values computed once, indexed by virtual host then route.
+#[derive(Debug, Default)]
+struct RouteExtras {
+    /// `x-envoy-expected-rq-timeout-ms` for the route's timeout.
+    expected_timeout: Option<HeaderValue>,
+    /// Whether the route's response header mutations read request headers
+    /// (`%REQ(..)%`), which are then kept for them.
+    response_reads_request: bool,
+}
+
+/// An HTTP connection manager: everything a listener's filter chain needs to serve
+/// HTTP, compiled once.
+pub struct ConnectionManager {
+    config: Arc<HttpConnectionManager>,
+    routes: RouteTable,
+    route_extras: Vec<Vec<RouteExtras>>,
+    filters: filter::FilterChain,
+    upstreams: Arc<Upstreams>,
+    stats: stats::HcmStats,
+    headers: headers::HeaderPolicy,
+    upgrade_websocket: bool,
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// For the rare client that pauses inside the HTTP/2 preface.
+    auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+}
+
+impl std::fmt::Debug for ConnectionManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionManager")
+            .field("stat_prefix", &self.config.stat_prefix)
+            .field("codec", &self.config.codec)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionManager {
+    /// Compiles `config`; requests are forwarded to `upstreams`.
+    pub fn new(
+        config: Arc<HttpConnectionManager>,
+        upstreams: Arc<Upstreams>,
+    ) -> Result<ConnectionManager, HttpError> {
+        let routes = RouteTable::try_new(&config.route_config, RouteTableOptions::default())
+            .map_err(|source| HttpError::RouteConfig {
+                stat_prefix: config.stat_prefix.clone(),
+                source,
+            })?;
+        let route_level_reads = config
+            .route_config
+            .headers
+            .response_add
+            .iter()
+            .any(|h| h.value.contains("%REQ"));
+        let route_extras = config
+            .route_config
+            .virtual_hosts
+            .iter()
+            .map(|vhost| {
+                let vhost_reads = vhost.headers.response_add.iter().any(|h| h.value.contains("%REQ"));
+                vhost
+                    .routes
+                    .iter()
+                    .map(|route| RouteExtras {
+                        expected_timeout: match &route.action {
+                            RouteAction::Forward(forward) => forward
+                                .timeout
+                                .map(|t| HeaderValue::from(t.as_millis() as u64)),
+                            _ => None,
+                        },
+                        response_reads_request: route_level_reads
+                            || vhost_reads
+                            || route.headers.response_add.iter().any(|h| h.value.contains("%REQ")),
+                    })
+                    .collect()
+            })
+            .collect();
+        // The router is the only HTTP filter so far and ends every chain implicitly.
+        let filters = filter::FilterChain::new(
+            config
+                .http_filters
+                .iter()
+                .filter_map(|f| match f {
+                    FilterConfig::Router => None,
+                })
+                .collect(),
+        );
+
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.max_header_size(config.max_request_headers_kb as usize * 1024);
+        if config.max_headers_count != 100 {
+            // hyper's default is 100 (Envoy's too) and costs nothing; another limit
+            // makes hyper allocate the header index per request.
+            h1.max_headers(config.max_headers_count as usize);
+        }
+        if let Some(timeout) = config.timeouts.request_headers {
+            h1.timer(TokioTimer::new()).header_read_timeout(timeout);
+        }
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.max_concurrent_streams(config.http2.max_concurrent_streams)
+            .initial_stream_window_size(config.http2.initial_stream_window_size)
+            .initial_connection_window_size(config.http2.initial_connection_window_size)
+            .max_header_list_size(config.max_request_headers_kb.saturating_mul(1024));
+        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .max_buf_size((config.max_request_headers_kb as usize * 1024).max(8192));
+        if config.max_headers_count != 100 {
+            auto.http1().max_headers(config.max_headers_count as usize);
+        }
+        if let Some(timeout) = config.timeouts.request_headers {
+            auto.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
+        }
+        auto.http2()
+            .max_concurrent_streams(config.http2.max_concurrent_streams)
+            .initial_stream_window_size(config.http2.initial_stream_window_size)
+            .initial_connection_window_size(config.http2.initial_connection_window_size)
+            .max_header_list_size(config.max_request_headers_kb.saturating_mul(1024));
+
+        Ok(ConnectionManager {
+            routes,
+            route_extras,
+            filters,
+            upstreams,
+            stats: stats::HcmStats::new(&config.stat_prefix),
+            headers: headers::HeaderPolicy::new(&config),
+            upgrade_websocket: config.upgrade_types.iter().any(|t| t == "websocket"),
+            h1,
+            h2,
+            auto,
+            config,
+        })
+    }
+
+    /// The configuration served.
+    pub fn config(&self) -> &HttpConnectionManager {
+        &self.config
+    }
+
+    /// Accepts connections on `listener` and serves each on its own task, until
+    /// the task running this is aborted.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(Arc::clone(&self).serve_connection(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(stat_prefix = %self.config.stat_prefix, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one downstream connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        self.stats.downstream_cx_total.inc();
+        self.stats.downstream_cx_active.inc();
+        let codec = match self.config.codec {
+            Codec::Http1 => Some(Codec::Http1),
+            Codec::Http2 => Some(Codec::Http2),
+            Codec::Auto => sniff(&stream).await,
+        };
+        let conn = Arc::new(Connection {
+            hcm: Arc::clone(&self),
+            peer,
+            local,
+            epoch: Instant::now(),
+            active_streams: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        });
+        let service = {
+            let conn = Arc::clone(&conn);
+            service_fn(move |request| {
+                let conn = Arc::clone(&conn);
+                async move { Ok::<_, Infallible>(conn.handle(request).await) }
+            })
+        };
+        let io = TokioIo::new(stream);
+        match codec {
+            Some(Codec::Http1) => {
+                self.stats.downstream_cx_http1_total.inc();
+                let connection = self.h1.serve_connection(io, service).with_upgrades();
+                conn.drive(connection).await;
+            }
+            Some(Codec::Http2) => {
+                self.stats.downstream_cx_http2_total.inc();
+                conn.drive(self.h2.serve_connection(io, service)).await;
+            }
+            _ => {
+                conn.drive(self.auto.serve_connection_with_upgrades(io, service))
+                    .await;
+            }
+        }
+        self.stats.downstream_cx_active.dec();
+    }
+
+    /// Writes `info` to the access logs.
+    fn log(&self, info: &StreamInfo) {
+        let _ = info;
+    }
+
+    /// Whether streams must keep copies of their headers for the access logs.
+    fn logs(&self) -> bool {
+        false
+    }
+}
+
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/1 or HTTP/2 by the first bytes; `None` when the client sent part of the
+/// preface and nothing more yet (hyper-util's auto server then waits for the rest).
+async fn sniff(stream: &TcpStream) -> Option<Codec> {
+    let mut buf = [0u8; 24];
+    let n = match stream.peek(&mut buf).await {
+        Ok(n) => n,
+        Err(_) => return Some(Codec::Http1),
+    };
+    if n == 0 || buf[..n] != H2_PREFACE[..n] {
+        Some(Codec::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Codec::Http2)
+    } else {
+        None
+    }
+}
+
+/// A downstream connection.
+pub(crate) struct Connection {
+    hcm: Arc<ConnectionManager>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    epoch: Instant,
+    active_streams: AtomicUsize,
+    /// When the last stream ended, in milliseconds since `epoch`.
+    idle_since_ms: AtomicU64,
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<ResponseBody>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, ResponseBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl Connection {
+    /// A stream ended at `now`.
+    fn stream_ended(&self, now: Instant) {
+        self.idle_since_ms.store(
+            now.saturating_duration_since(self.epoch).as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        self.active_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Drives a hyper connection to its end, enforcing `idle_timeout` and
+    /// `max_connection_duration` (each followed by `drain_timeout`).
+    async fn drive<C, T, E>(&self, connection: C)
+    where
+        C: Graceful<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        let timeouts = &self.hcm.config.timeouts;
+        let idle = timeouts.connection_idle;
+        let max_duration = timeouts.max_connection_duration.map(|d| self.epoch + d);
+        let mut connection = std::pin::pin!(connection);
+        if idle.is_none() && max_duration.is_none() {
+            if let Err(e) = connection.await {
+                tracing::debug!(peer = %self.peer, "downstream connection ended: {e}");
+            }
+            return;
+        }
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let idle_deadline = idle.filter(|_| drain_deadline.is_none()).map(|idle| {
+                let since = self.idle_since_ms.load(Ordering::Relaxed);
+                self.epoch + Duration::from_millis(since) + idle
+            });
+            let max_deadline = max_duration.filter(|_| drain_deadline.is_none());
+            let wake = [idle_deadline, max_deadline, drain_deadline]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("a deadline is set");
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %self.peer, "downstream connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+            let now = Instant::now();
+            if drain_deadline.is_some_and(|d| d <= now) {
+                return; // Dropping the connection closes it.
+            }
+            let idle_expired = idle_deadline.is_some_and(|d| d <= now)
+                && self.active_streams.load(Ordering::Relaxed) == 0;
+            let max_expired = max_deadline.is_some_and(|d| d <= now);
+            if idle_expired || max_expired {
+                if idle_expired {
+                    self.hcm.stats.downstream_cx_idle_timeout.inc();
+                } else {
+                    self.hcm.stats.downstream_cx_max_duration_reached.inc();
+                }
+                connection.as_mut().graceful_shutdown();
+                drain_deadline = Some(now + timeouts.drain);
+            } else if idle_deadline.is_some_and(|d| d <= now) {
+                // Busy: check again one idle period after now.
+                self.idle_since_ms.store(
+                    now.saturating_duration_since(self.epoch).as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+}

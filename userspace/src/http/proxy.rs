@@ -1,0 +1,457 @@
+//! The router's forward: cluster and endpoint, path and host rewrites, header
+//! mutations, the upstream request with its timeouts, the response, upgrades and
+//! request mirrors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use http::header::{EXPECT, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Body as _;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
+use super::headers::{X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
+use super::local_reply::{grpc, LocalReply};
+use super::request::{RequestMeta, SCHEME};
+use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
+use super::Connection;
+use crate::model::http::{ForwardAction, HostRewrite};
+use crate::observe::format::FormatContext;
+use crate::router::{Selected, ORIGINAL_PATH_HEADER};
+use crate::upstream::{fast_random, ClusterUpstream, UpstreamError, WireProtocol};
+
+/// Frames a mirror may lag behind its request before it is cut off.
+const MIRROR_BACKLOG: usize = 64;
+
+impl Connection {
+    /// Forwards a request upstream and returns the response (or a local reply).
+    pub(crate) async fn forward(
+        &self,
+        mut stream: StreamGuard,
+        mut parts: http::request::Parts,
+        body: Body,
+        selected: Selected<'_>,
+        forward: &ForwardAction,
+        meta: RequestMeta,
+    ) -> Response<ResponseBody> {
+        let hcm = &*self.hcm;
+        let cluster = selected
+            .choose_cluster(&parts.headers, meta.random)
+            .and_then(|name| hcm.upstreams.get(name));
+        let Some(cluster) = cluster else {
+            hcm.stats.no_cluster.inc();
+            let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "")
+                .flag("NC")
+                .details("cluster_not_found");
+            return self.local_reply(stream, reply, &meta, Some(selected)).await;
+        };
+        if stream.log {
+            stream.info.upstream_cluster = Some(cluster.name().to_owned());
+        }
+        let Some(endpoint) = cluster.pick() else {
+            let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+                .flag("UH")
+                .details("no_healthy_upstream");
+            return self.local_reply(stream, reply, &meta, Some(selected)).await;
+        };
+        let address = cluster.address(endpoint);
+        stream.info.upstream_host = Some(address);
+
+        // Rewrites and the route's header mutations.
+        let original = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        if let Some(rewritten) = selected.rewrite_path(original) {
+            if let (Ok(value), Ok(path)) = (HeaderValue::from_str(original), rewritten.parse::<PathAndQuery>()) {
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.path_and_query = Some(path);
+                parts.uri = Uri::from_parts(uri).unwrap_or_default();
+                parts.headers.insert(ORIGINAL_PATH_HEADER, value);
+            }
+        }
+        match &forward.host_rewrite {
+            HostRewrite::None => {}
+            HostRewrite::Literal(host) => {
+                if let Ok(value) = HeaderValue::from_str(host) {
+                    set_authority(&mut parts, value);
+                }
+            }
+            HostRewrite::Auto => {
+                if let Ok(value) = HeaderValue::from_str(&address.to_string()) {
+                    set_authority(&mut parts, value);
+                }
+            }
+        }
+        selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
+        let extras = &hcm.route_extras[selected.virtual_host_index][selected.route_index];
+        if let Some(expected) = &extras.expected_timeout {
+            parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected.clone());
+        }
+        // hyper answers `expect: 100-continue` when the body is first read; the
+        // upstream gets no expectation (Envoy's default, proxy_100_continue off).
+        parts.headers.remove(EXPECT);
+        if stream.log || extras.response_reads_request {
+            stream.info.request_headers = parts.headers.clone();
+        }
+
+        // Mirrors get the request as sent, body copied frame by frame.
+        let body_pending = !body.is_end_stream();
+        let mirrors = if forward.mirrors.is_empty() {
+            Vec::new()
+        } else {
+            self.start_mirrors(forward, &parts, body_pending)
+        };
+        let body = if body_pending {
+            let (tracked, end) = TrackedRequest::new(body, mirrors);
+            stream.request = RequestState::Pending(end);
+            Body::wrap(tracked)
+        } else {
+            body
+        };
+        {
+            let s = &mut *stream;
+            s.timers
+                .set_route(forward.timeout, forward.idle_timeout, &s.request);
+        }
+
+        let upgrade = meta.upgrade.is_some();
+        let protocol = if upgrade {
+            WireProtocol::Http1
+        } else {
+            cluster.wire_protocol(parts.version)
+        };
+        if !prepare_upstream_request(&mut parts, protocol) {
+            let reply = LocalReply::new(StatusCode::BAD_REQUEST, "").details("missing_host_header");
+            return self.local_reply(stream, reply, &meta, Some(selected)).await;
+        }
+        let request = Request::from_parts(parts, body);
+        let sent_at = Instant::now();
+        let send = async {
+            if upgrade {
+                cluster.send_upgrade(endpoint, request).await
+            } else {
+                cluster.send(endpoint, protocol, request).await
+            }
+        };
+        let outcome = {
+            let s = &mut *stream;
+            let timers = &mut s.timers;
+            let request_state = &mut s.request;
+            let armed = timers.is_armed();
+            let mut send = std::pin::pin!(send);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = send.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(result));
+                }
+                if armed {
+                    if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        return Poll::Ready(Err(expiry));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+
+        match outcome {
+            Ok(Ok((mut response, lease))) => {
+                let now = Instant::now();
+                stream.info.response_duration = Some(now.saturating_duration_since(stream.info.start));
+                stream.lease = Some(lease);
+                let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
+                let (mut head, body) = response.into_parts();
+                head.headers.insert(
+                    X_ENVOY_UPSTREAM_SERVICE_TIME,
+                    HeaderValue::from(now.saturating_duration_since(sent_at).as_millis() as u64),
+                );
+                selected.apply_response_headers(
+                    &mut head.headers,
+                    &FormatContext::new(&stream.info).with_scheme(SCHEME),
+                );
+                hcm.headers.mutate_response(&mut head.headers, upgraded);
+                let mut meta = meta;
+                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take()) {
+                    splice(downstream, upstream);
+                }
+                let response = Response::from_parts(head, Body::Incoming(body));
+                self.respond(stream, response, &meta, Some(selected)).await
+            }
+            Ok(Err(error)) => {
+                let reply = upstream_failure(&error);
+                tracing::debug!(cluster = cluster.name(), "{error}");
+                self.local_reply(stream, reply, &meta, Some(selected)).await
+            }
+            Err(expiry) => {
+                let request_complete = matches!(stream.request, RequestState::Complete { .. });
+                let reply = self.timeout_reply(expiry, request_complete, cluster);
+                self.local_reply(stream, reply, &meta, Some(selected)).await
+            }
+        }
+    }
+
+    /// The local reply for a timer that fired before the response started.
+    fn timeout_reply(&self, expiry: Expiry, request_complete: bool, cluster: &ClusterUpstream) -> LocalReply {
+        let stats = &self.hcm.stats;
+        // Envoy answers 408 while the request is still coming in, 504 after.
+        let status = if request_complete {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::REQUEST_TIMEOUT
+        };
+        match expiry {
+            Expiry::Route => {
+                cluster.stats.upstream_rq_timeout.inc();
+                LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                    .flag("UT")
+                    .details("upstream_response_timeout")
+            }
+            Expiry::Request => {
+                stats.downstream_rq_timeout.inc();
+                LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout")
+                    .details("request_overall_timeout")
+            }
+            Expiry::Idle => {
+                stats.downstream_rq_idle_timeout.inc();
+                LocalReply::new(status, "stream timeout")
+                    .flag("SI")
+                    .details("stream_idle_timeout")
+            }
+            Expiry::MaxDuration => {
+                stats.downstream_rq_max_duration_reached.inc();
+                LocalReply::new(status, "downstream duration timeout")
+                    .grpc_status(grpc::DEADLINE_EXCEEDED)
+                    .details("max_duration_timeout")
+            }
+        }
+    }
+
+    /// Starts the mirrors of `forward` that this request is sampled for; returns the
+    /// channels their bodies are copied into (none when the request has no body).
+    fn start_mirrors(
+        &self,
+        forward: &ForwardAction,
+        parts: &http::request::Parts,
+        body_pending: bool,
+    ) -> Vec<mpsc::Sender<MirrorFrame>> {
+        let mut senders = Vec::new();
+        for (name, ppm) in &forward.mirrors {
+            if *ppm < 1_000_000 && (fast_random() % 1_000_000) as u32 >= *ppm {
+                continue;
+            }
+            let Some(cluster) = self.hcm.upstreams.get(name) else {
+                continue;
+            };
+            let Some(endpoint) = cluster.pick() else {
+                continue;
+            };
+            let mut head = Request::new(()).into_parts().0;
+            head.method = parts.method.clone();
+            head.uri = parts.uri.clone();
+            head.version = parts.version;
+            head.headers = parts.headers.clone();
+            if let Some(shadow) = authority(&head).and_then(|a| HeaderValue::from_str(&shadow_host(a)).ok()) {
+                set_authority(&mut head, shadow);
+            }
+            let body = if body_pending {
+                let (tx, rx) = mpsc::channel(MIRROR_BACKLOG);
+                senders.push(tx);
+                Body::wrap(MirrorBody {
+                    frames: rx,
+                    done: false,
+                })
+            } else {
+                Body::Empty
+            };
+            let cluster = Arc::clone(cluster);
+            let timeout = forward.timeout.unwrap_or(Duration::from_secs(3600));
+            tokio::spawn(async move {
+                let protocol = cluster.wire_protocol(head.version);
+                if !prepare_upstream_request(&mut head, protocol) {
+                    return;
+                }
+                let request = Request::from_parts(head, body);
+                let exchange = async {
+                    let (response, lease) = cluster.send(endpoint, protocol, request).await.ok()?;
+                    let mut body = response.into_body();
+                    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+                        frame.ok()?;
+                    }
+                    lease.release();
+                    Some(())
+                };
+                let _ = tokio::time::timeout(timeout, exchange).await;
+            });
+        }
+        senders
+    }
+}
+
+/// The 503 for an upstream that failed before response headers (Envoy's wording),
+/// or the reply of a filter that stopped the request body.
+fn upstream_failure(error: &UpstreamError) -> LocalReply {
+    if let UpstreamError::Reset { source, .. } = error {
+        let mut cause = std::error::Error::source(source);
+        while let Some(e) = cause {
+            if let Some(BodyError::Reply(reply)) = e.downcast_ref::<BodyError>() {
+                return (**reply).clone();
+            }
+            cause = e.source();
+        }
+    }
+    let details = match error {
+        UpstreamError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+        UpstreamError::ConnectFailure { .. } => {
+            "upstream_reset_before_response_started{remote_connection_failure}"
+        }
+        UpstreamError::ConnectTimeout { .. } => {
+            "upstream_reset_before_response_started{connection_timeout}"
+        }
+        UpstreamError::Reset { .. } => match error.reset_reason() {
+            "connection termination" => {
+                "upstream_reset_before_response_started{connection_termination}"
+            }
+            "protocol error" => "upstream_reset_before_response_started{protocol_error}",
+            _ => "upstream_reset_before_response_started{remote_reset}",
+        },
+    };
+    let body = match error {
+        UpstreamError::NoHealthyUpstream { .. } => "no healthy upstream".to_owned(),
+        _ => format!(
+            "upstream connect error or disconnect/reset before headers. reset reason: {}",
+            error.reset_reason()
+        ),
+    };
+    LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body)
+        .flag(error.response_flag())
+        .details(details)
+}
+
+/// `:authority` of a request: the URI's, else `host`.
+fn authority(parts: &http::request::Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => parts.headers.get(HOST).and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// Sets `:authority` (the `host` header, and the URI's authority when it has one).
+fn set_authority(parts: &mut http::request::Parts, value: HeaderValue) {
+    if parts.uri.authority().is_some() {
+        if let Ok(authority) = Authority::try_from(value.as_bytes()) {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.authority = Some(authority);
+            parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        }
+    }
+    parts.headers.insert(HOST, value);
+}
+
+/// Envoy's shadow host: `-shadow` appended to the host, before any port.
+fn shadow_host(authority: &str) -> String {
+    let port_start = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => colon,
+        _ => authority.len(),
+    };
+    format!("{}-shadow{}", &authority[..port_start], &authority[port_start..])
+}
+
+/// Puts the request in the form the upstream protocol needs: origin-form URI and a
+/// `host` header for HTTP/1.1; absolute URI (`:scheme`, `:authority`) and no `host`
+/// for HTTP/2. `false` when the request has no authority at all.
+fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProtocol) -> bool {
+    match protocol {
+        WireProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if parts.uri.authority().is_some() {
+                if !parts.headers.contains_key(HOST) {
+                    let Some(host) = parts
+                        .uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    else {
+                        return false;
+                    };
+                    parts.headers.insert(HOST, host);
+                }
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                parts.uri = Uri::from(path);
+            }
+            true
+        }
+        WireProtocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            let host = parts.headers.remove(HOST);
+            if parts.uri.authority().is_none() {
+                let Some(authority) = host.and_then(|h| Authority::try_from(h.as_bytes()).ok()) else {
+                    return false;
+                };
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority);
+                if uri.path_and_query.is_none() {
+                    uri.path_and_query = Some(PathAndQuery::from_static("/"));
+                }
+                match Uri::from_parts(uri) {
+                    Ok(uri) => parts.uri = uri,
+                    Err(_) => return false,
+                }
+            } else if parts.uri.scheme().is_none() {
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(Scheme::HTTP);
+                parts.uri = Uri::from_parts(uri).unwrap_or_default();
+            }
+            true
+        }
+    }
+}
+
+/// Splices an upgraded downstream connection with the upgraded upstream one.
+fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!("upgrade failed: {e}");
+                return;
+            }
+        };
+        let mut downstream = TokioIo::new(downstream);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+            tracing::debug!("upgraded stream ended: {e}");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_hosts() {
+        assert_eq!(shadow_host("example.com"), "example.com-shadow");
+        assert_eq!(shadow_host("example.com:8080"), "example.com-shadow:8080");
+        assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
+        assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let (mut parts, _) = Request::get("http://a.example:81/p?q").body(()).unwrap().into_parts();
+        assert!(prepare_upstream_request(&mut parts, WireProtocol::Http1));
+        assert_eq!(parts.uri, "/p?q");
+        assert_eq!(parts.headers[HOST], "a.example:81");
+        assert!(prepare_upstream_request(&mut parts, WireProtocol::Http2));
+        assert_eq!(parts.uri, "http://a.example:81/p?q");
+        assert!(parts.headers.get(HOST).is_none());
+    }
+}

@@ -1,0 +1,74 @@
+//! `http.<stat_prefix>.*` stats of a connection manager, resolved once.
+
+use crate::observe::stats::{self, Counter, Gauge};
+
+/// The connection manager's counters and gauges (Envoy's names).
+#[derive(Debug)]
+pub(crate) struct HcmStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_idle_timeout: Counter,
+    pub downstream_cx_max_duration_reached: Counter,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq_timeout: Counter,
+    pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
+    pub downstream_cx_upgrades_total: Counter,
+    pub requests_rejected_with_underscores_in_headers: Counter,
+    pub dropped_headers_with_underscores: Counter,
+    /// `downstream_rq_1xx` .. `downstream_rq_5xx`.
+    pub downstream_rq_class: [Counter; 5],
+    /// Router stats under the same prefix.
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_redirect: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_total: Counter,
+}
+
+impl HcmStats {
+    pub(crate) fn new(stat_prefix: &str) -> HcmStats {
+        let store = stats::global();
+        let counter = |name: &str| store.counter(&format!("http.{stat_prefix}.{name}"));
+        let gauge = |name: &str| store.gauge(&format!("http.{stat_prefix}.{name}"));
+        HcmStats {
+            downstream_cx_total: counter("downstream_cx_total"),
+            downstream_cx_active: gauge("downstream_cx_active"),
+            downstream_cx_http1_total: counter("downstream_cx_http1_total"),
+            downstream_cx_http2_total: counter("downstream_cx_http2_total"),
+            downstream_cx_idle_timeout: counter("downstream_cx_idle_timeout"),
+            downstream_cx_max_duration_reached: counter("downstream_cx_max_duration_reached"),
+            downstream_rq_total: counter("downstream_rq_total"),
+            downstream_rq_active: gauge("downstream_rq_active"),
+            downstream_rq_http1_total: counter("downstream_rq_http1_total"),
+            downstream_rq_http2_total: counter("downstream_rq_http2_total"),
+            downstream_rq_timeout: counter("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: counter("downstream_rq_idle_timeout"),
+            downstream_rq_max_duration_reached: counter("downstream_rq_max_duration_reached"),
+            downstream_cx_upgrades_total: counter("downstream_cx_upgrades_total"),
+            requests_rejected_with_underscores_in_headers: counter(
+                "requests_rejected_with_underscores_in_headers",
+            ),
+            dropped_headers_with_underscores: counter("dropped_headers_with_underscores"),
+            downstream_rq_class: [1, 2, 3, 4, 5].map(|c| counter(&format!("downstream_rq_{c}xx"))),
+            no_route: counter("no_route"),
+            no_cluster: counter("no_cluster"),
+            rq_redirect: counter("rq_redirect"),
+            rq_direct_response: counter("rq_direct_response"),
+            rq_total: counter("rq_total"),
+        }
+    }
+
+    /// Counts a response status sent downstream.
+    #[inline]
+    pub(crate) fn record_status(&self, code: u16) {
+        if (100..600).contains(&code) {
+            self.downstream_rq_class[(code / 100 - 1) as usize].inc();
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! One request/response exchange: its [`StreamInfo`], its timers, its hold on the
+//! upstream, and the response body that ends it.
+//!
+//! An [`ActiveStream`] is allocated once per request. The request handler owns it
+//! while it works towards response headers; then it moves into the [`ResponseBody`],
+//! which finishes the stream (stats, connection idle tracking, pool release, access
+//! logs) when the body ends, fails or is dropped. A stream dropped before any
+//! response (the client went away) finishes from the guard's `Drop`.
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+
+use super::body::{Body, BodyError, RequestEnd};
+use super::Connection;
+use crate::model::http::HttpTimeouts;
+use crate::observe::StreamInfo;
+use crate::upstream::Lease;
+
+/// Whether the request body has been received.
+#[derive(Debug)]
+pub(crate) enum RequestState {
+    /// Received (or given up on) at `at`.
+    Complete {
+        /// Body bytes.
+        bytes: u64,
+        /// Whether it ended cleanly.
+        complete: bool,
+        /// When.
+        at: Instant,
+    },
+    /// Still streaming upstream; the tracker reports its end.
+    Pending(oneshot::Receiver<RequestEnd>),
+}
+
+/// A stream timer that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// The route's `timeout` (from the end of the request).
+    Route,
+    /// `request_timeout`: the request was not received in time.
+    Request,
+    /// `stream_idle_timeout` (or the route's `idle_timeout`).
+    Idle,
+    /// `max_stream_duration`.
+    MaxDuration,
+}
+
+/// The stream's deadlines, served by one lazily re-armed `Sleep`.
+#[derive(Debug)]
+pub(crate) struct Timers {
+    sleep: Option<Pin<Box<Sleep>>>,
+    route_timeout: Option<Duration>,
+    route_deadline: Option<Instant>,
+    request_deadline: Option<Instant>,
+    idle: Option<Duration>,
+    last_activity: Instant,
+    max_stream: Option<Instant>,
+}
+
+impl Timers {
+    fn new(start: Instant, timeouts: &HttpTimeouts) -> Timers {
+        Timers {
+            sleep: None,
+            route_timeout: None,
+            route_deadline: None,
+            request_deadline: timeouts.request.map(|t| start + t),
+            idle: timeouts.stream_idle,
+            last_activity: start,
+            max_stream: timeouts.max_stream_duration.map(|t| start + t),
+        }
+    }
+
+    /// Arms the route's timeout and idle override (`Some(0)` disables idle).
+    pub(crate) fn set_route(
+        &mut self,
+        timeout: Option<Duration>,
+        idle_override: Option<Duration>,
+        request: &RequestState,
+    ) {
+        self.route_timeout = timeout;
+        if let Some(idle) = idle_override {
+            self.idle = (!idle.is_zero()).then_some(idle);
+        }
+        if let RequestState::Complete { at, .. } = request {
+            self.route_deadline = timeout.map(|t| *at + t);
+        }
+    }
+
+    /// The response started: `request_timeout` no longer applies.
+    pub(crate) fn response_started(&mut self) {
+        self.request_deadline = None;
+    }
+
+    fn request_complete(&mut self, at: Instant) {
+        self.request_deadline = None;
+        self.route_deadline = self.route_timeout.map(|t| at + t);
+        self.last_activity = at;
+    }
+
+    /// Something moved on the stream.
+    #[inline]
+    pub(crate) fn touch(&mut self) {
+        if self.idle.is_some() {
+            self.last_activity = Instant::now();
+        }
+    }
+
+    /// Whether any deadline is set.
+    #[inline]
+    pub(crate) fn is_armed(&self) -> bool {
+        self.route_timeout.is_some()
+            || self.request_deadline.is_some()
+            || self.idle.is_some()
+            || self.max_stream.is_some()
+    }
+
+    /// Ready with the timer that fired; also learns when the request completes.
+    pub(crate) fn poll_expired(
+        &mut self,
+        request: &mut RequestState,
+        cx: &mut Context<'_>,
+    ) -> Poll<Expiry> {
+        if let RequestState::Pending(receiver) = request {
+            if let Poll::Ready(end) = Pin::new(receiver).poll(cx) {
+                let end = end.unwrap_or(RequestEnd {
+                    bytes: 0,
+                    complete: false,
+                    at: Instant::now(),
+                });
+                *request = RequestState::Complete {
+                    bytes: end.bytes,
+                    complete: end.complete,
+                    at: end.at,
+                };
+                self.request_complete(end.at);
+            }
+        }
+        let request_done = matches!(request, RequestState::Complete { .. });
+        loop {
+            // While the request streams in, the stream is not idle; after, it is
+            // idle when nothing moved for `idle`.
+            let idle_deadline = if request_done {
+                self.idle.map(|idle| self.last_activity + idle)
+            } else {
+                None
+            };
+            let request_deadline = if request_done {
+                None
+            } else {
+                self.request_deadline
+            };
+            let Some(earliest) = [
+                self.route_deadline,
+                request_deadline,
+                idle_deadline,
+                self.max_stream,
+            ]
+            .into_iter()
+            .flatten()
+            .min() else {
+                return Poll::Pending;
+            };
+            let deadline = tokio::time::Instant::from_std(earliest);
+            match &mut self.sleep {
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                // Activity only moves the idle deadline later: the timer then fires
+                // early once and is re-armed here, instead of on every frame.
+                Some(sleep) if sleep.deadline() > deadline || sleep.is_elapsed() => {
+                    sleep.as_mut().reset(deadline)
+                }
+                Some(_) => {}
+            }
+            let sleep = self.sleep.as_mut().expect("armed above");
+            ready!(sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            let passed = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+            if passed(self.max_stream) {
+                return Poll::Ready(Expiry::MaxDuration);
+            }
+            if passed(self.route_deadline) {
+                return Poll::Ready(Expiry::Route);
+            }
+            if passed(request_deadline) {
+                return Poll::Ready(Expiry::Request);
+            }
+            if request_done && passed(self.idle.map(|idle| self.last_activity + idle)) {
+                return Poll::Ready(Expiry::Idle);
+            }
+        }
+    }
+}
+
+/// One request/response exchange.
+pub(crate) struct ActiveStream {
+    /// The downstream connection.
+    pub conn: Arc<Connection>,
+    /// What happened so far.
+    pub info: StreamInfo,
+    /// Deadlines.
+    pub timers: Timers,
+    /// The request body's progress.
+    pub request: RequestState,
+    /// The upstream request's hold on its connection.
+    pub lease: Option<Lease>,
+    /// Whether access logs need the header maps copied into `info`.
+    pub log: bool,
+    /// Per-stream state of the HTTP filters.
+    pub filter_state: http::Extensions,
+}
+
+impl ActiveStream {
+    /// Sets the response flag (once).
+    pub(crate) fn flag(&mut self, flag: &'static str) {
+        add_flag(&mut self.info, flag);
+    }
+
+    fn finish(&mut self, response_complete: bool) {
+        let now = Instant::now();
+        let (bytes, request_complete, request_at) = match &mut self.request {
+            RequestState::Complete {
+                bytes,
+                complete,
+                at,
+            } => (*bytes, *complete, Some(*at)),
+            RequestState::Pending(receiver) => match receiver.try_recv() {
+                Ok(end) => (end.bytes, end.complete, Some(end.at)),
+                Err(_) => (0, false, None),
+            },
+        };
+        self.info.bytes_received = bytes;
+        self.info.request_duration = request_at.map(|at| at.saturating_duration_since(self.info.start));
+        self.info.duration = Some(now.saturating_duration_since(self.info.start));
+        if !response_complete && self.info.response_flags.is_empty() {
+            // The client went away (or reset) before the response ended.
+            self.info.response_flags.push("DC");
+        }
+        if let Some(lease) = self.lease.take() {
+            if response_complete && request_complete {
+                lease.release();
+            }
+        }
+        let conn = &self.conn;
+        conn.stream_ended(now);
+        let hcm = &conn.hcm;
+        hcm.stats.downstream_rq_active.dec();
+        hcm.log(&self.info);
+    }
+}
+
+/// Adds a response flag to `info` (once).
+fn add_flag(info: &mut StreamInfo, flag: &'static str) {
+    if !info.response_flags.contains(&flag) {
+        info.response_flags.push(flag);
+    }
+}
+
+/// Owns an [`ActiveStream`] until it is finished; finishes it when dropped.
+pub(crate) struct StreamGuard(Option<Box<ActiveStream>>);
+
+impl StreamGuard {
+    pub(crate) fn new(conn: Arc<Connection>, info: StreamInfo, log: bool) -> StreamGuard {
+        let timers = Timers::new(info.start, &conn.hcm.config.timeouts);
+        let start = info.start;
+        StreamGuard(Some(Box::new(ActiveStream {
+            conn,
+            info,
+            timers,
+            request: RequestState::Complete {
+                bytes: 0,
+                complete: true,
+                at: start,
+            },
+            lease: None,
+            log,
+            filter_state: http::Extensions::new(),
+        })))
+    }
+
+    /// Finishes the stream now.
+    pub(crate) fn finish(&mut self, response_complete: bool) {
+        if let Some(mut stream) = self.0.take() {
+            stream.finish(response_complete);
+        }
+    }
+}
+
+impl Deref for StreamGuard {
+    type Target = ActiveStream;
+    fn deref(&self) -> &ActiveStream {
+        self.0.as_deref().expect("stream used after it finished")
+    }
+}
+
+impl DerefMut for StreamGuard {
+    fn deref_mut(&mut self) -> &mut ActiveStream {
+        self.0.as_deref_mut().expect("stream used after it finished")
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// The body of every response keel sends downstream: the upstream's (or a local
+/// reply's) body, plus the stream it ends.
+pub struct ResponseBody {
+    inner: Body,
+    stream: StreamGuard,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(inner: Body, stream: StreamGuard) -> ResponseBody {
+        ResponseBody { inner, stream }
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(stream) = this.stream.0.as_deref_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    stream.info.bytes_sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if stream.log {
+                        stream.info.response_trailers = trailers.clone();
+                    }
+                }
+                stream.timers.touch();
+                if this.inner.is_end_stream() {
+                    this.stream.finish(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.stream.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let flag = match &error {
+                    BodyError::Hyper(e) if e.is_incomplete_message() || e.is_closed() => "UC",
+                    BodyError::Hyper(_) => "UR",
+                    _ => "DI",
+                };
+                stream.flag(flag);
+                this.stream.finish(false);
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Pending => {
+                if !stream.timers.is_armed() {
+                    return Poll::Pending;
+                }
+                let expiry = ready!(stream.timers.poll_expired(&mut stream.request, cx));
+                let hcm = &stream.conn.hcm;
+                let message = match expiry {
+                    Expiry::Route => {
+                        add_flag(&mut stream.info, "UT");
+                        if let Some(lease) = &stream.lease {
+                            lease.cluster().stats.upstream_rq_timeout.inc();
+                        }
+                        "upstream request timeout"
+                    }
+                    Expiry::Idle => {
+                        add_flag(&mut stream.info, "SI");
+                        hcm.stats.downstream_rq_idle_timeout.inc();
+                        "stream timeout"
+                    }
+                    Expiry::MaxDuration => {
+                        hcm.stats.downstream_rq_max_duration_reached.inc();
+                        "downstream duration timeout"
+                    }
+                    Expiry::Request => {
+                        hcm.stats.downstream_rq_timeout.inc();
+                        "request timeout"
+                    }
+                };
+                this.stream.finish(false);
+                // An error resets the HTTP/2 stream or closes the HTTP/1 connection.
+                Poll::Ready(Some(Err(BodyError::Timeout(message))))
+            }
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.stream.finish(complete);
+    }
+}

@@ -1,0 +1,374 @@
+//! Upstream HTTP: per cluster, the endpoints, the picker ([`lb`]) and the connection
+//! pools ([`pool`]) the router sends requests through.
+//!
+//! # Pool design
+//!
+//! Each endpoint owns one pool shared by every worker thread:
+//!
+//! - HTTP/1.1: a LIFO stack of idle keep-alive connections (`http1::SendRequest`)
+//!   behind a `std::sync::Mutex` held only for one push or pop. A connection goes back
+//!   on the stack when its response body has been read to the end and its request
+//!   body fully sent; dropped earlier, hyper closes it. LIFO keeps the hottest
+//!   connections in use and lets the rest be closed by the upstream's idle timeout.
+//! - HTTP/2 (h2c by prior knowledge): one multiplexed connection per endpoint whose
+//!   `SendRequest` handle is cloned per request; a second connection is made only
+//!   when the first has closed (an async lock makes concurrent callers share one
+//!   handshake).
+//!
+//! Why shared and not per worker: the tokio runtime steals tasks between workers, so
+//! a "per-worker" pool would only be a per-thread cache whose connections still get
+//! driven from other threads; N workers would also open N times the upstream
+//! connections and warm up N times slower. The lock is uncontended in practice (one
+//! compare-and-swap each way, held for a `Vec` push/pop) and was cheaper to get
+//! right than a lock-free stack; revisit if a profile says otherwise.
+//!
+//! Every connection is driven by its own task (hyper's `Connection` future), sets
+//! `TCP_NODELAY`, and is bounded by the cluster's `connect_timeout`. Stats use
+//! Envoy's names under `cluster.<name>.`.
+
+mod lb;
+mod pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::http::body::Body;
+use crate::model::{self, UpstreamProtocol};
+use crate::observe::stats::{self, Counter, Gauge};
+
+pub(crate) use lb::fast_random;
+
+/// Why a request could not be sent upstream or got no response headers.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The cluster has no endpoint to pick.
+    #[error("cluster {cluster}: no healthy upstream")]
+    NoHealthyUpstream {
+        /// Cluster name.
+        cluster: String,
+    },
+    /// The TCP connection was refused or failed.
+    #[error("upstream {endpoint}: connection failure: {source}")]
+    ConnectFailure {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TCP connection did not complete within `connect_timeout`.
+    #[error("upstream {endpoint}: connection timeout after {timeout:?}")]
+    ConnectTimeout {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// The cluster's connect_timeout.
+        timeout: Duration,
+    },
+    /// The connection or stream was closed or reset before response headers.
+    #[error("upstream {endpoint}: reset before response headers: {source}")]
+    Reset {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// hyper's error.
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// Envoy's reset reason, as it appears in the 503 body
+    /// ("upstream connect error or disconnect/reset before headers. reset reason: ...").
+    pub fn reset_reason(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthyUpstream { .. } => "no healthy upstream",
+            UpstreamError::ConnectFailure { .. } => "remote connection failure",
+            UpstreamError::ConnectTimeout { .. } => "connection timeout",
+            UpstreamError::Reset { source, .. } => {
+                if source.is_closed() || source.is_incomplete_message() || source.is_canceled() {
+                    "connection termination"
+                } else if source.is_parse() {
+                    "protocol error"
+                } else {
+                    "remote reset"
+                }
+            }
+        }
+    }
+
+    /// Envoy's response flag: UH, UF (connect failure or timeout), UC (termination)
+    /// or UR (remote reset).
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthyUpstream { .. } => "UH",
+            UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => "UF",
+            UpstreamError::Reset { source, .. }
+                if source.is_closed() || source.is_incomplete_message() || source.is_canceled() =>
+            {
+                "UC"
+            }
+            UpstreamError::Reset { .. } => "UR",
+        }
+    }
+}
+
+/// The clusters of a configuration, ready to send HTTP requests to.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clusters: HashMap<String, Arc<ClusterUpstream>>,
+}
+
+impl Upstreams {
+    /// Builds pools and pickers for `clusters` (no connection is made yet).
+    pub fn new(clusters: &[model::Cluster]) -> Upstreams {
+        Upstreams {
+            clusters: clusters
+                .iter()
+                .map(|c| (c.name.clone(), Arc::new(ClusterUpstream::new(c))))
+                .collect(),
+        }
+    }
+
+    /// The cluster called `name`.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterUpstream>> {
+        self.clusters.get(name)
+    }
+}
+
+/// One cluster: its endpoints with their pools, its picker and its stats.
+#[derive(Debug)]
+pub struct ClusterUpstream {
+    name: String,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    lb: lb::LoadBalancer,
+    endpoints: Box<[pool::EndpointPool]>,
+    /// `cluster.<name>.*` stats.
+    pub stats: ClusterStats,
+}
+
+/// Which protocol to speak to the upstream for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireProtocol {
+    /// HTTP/1.1 over a pooled keep-alive connection.
+    Http1,
+    /// HTTP/2 (h2c prior knowledge) over the endpoint's multiplexed connection.
+    Http2,
+}
+
+impl ClusterUpstream {
+    fn new(cluster: &model::Cluster) -> ClusterUpstream {
+        let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
+        ClusterUpstream {
+            name: cluster.name.clone(),
+            protocol: cluster.upstream_protocol,
+            connect_timeout: cluster.connect_timeout,
+            lb: lb::LoadBalancer::new(cluster.lb_policy, &weights),
+            endpoints: cluster
+                .endpoints
+                .iter()
+                .map(|e| pool::EndpointPool::new(e.address))
+                .collect(),
+            stats: ClusterStats::new(&cluster.name),
+        }
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The protocol for a request that arrived as `downstream` (HTTP/1.x or HTTP/2).
+    #[inline]
+    pub fn wire_protocol(&self, downstream: http::Version) -> WireProtocol {
+        match self.protocol {
+            UpstreamProtocol::Http1 => WireProtocol::Http1,
+            UpstreamProtocol::Http2 => WireProtocol::Http2,
+            UpstreamProtocol::UseDownstream if downstream == http::Version::HTTP_2 => {
+                WireProtocol::Http2
+            }
+            UpstreamProtocol::UseDownstream => WireProtocol::Http1,
+        }
+    }
+
+    /// Picks an endpoint for the next request.
+    #[inline]
+    pub fn pick(&self) -> Option<EndpointId> {
+        self.lb
+            .pick(|i| self.endpoints[i].active.load(Ordering::Relaxed))
+            .map(EndpointId)
+    }
+
+    /// The address of a picked endpoint.
+    #[inline]
+    pub fn address(&self, endpoint: EndpointId) -> SocketAddr {
+        self.endpoints[endpoint.0].address
+    }
+
+    /// Sends `request` to `endpoint` and waits for the response headers. The request's
+    /// URI must be in origin form for HTTP/1.1 (with a `host` header) and in absolute
+    /// form for HTTP/2. The returned [`Lease`] must live as long as the response body
+    /// is read, and be [`Lease::release`]d once both bodies completed.
+    pub async fn send(
+        self: &Arc<Self>,
+        endpoint: EndpointId,
+        protocol: WireProtocol,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let mut lease = self.lease(endpoint);
+        let pool = &self.endpoints[endpoint.0];
+        let response = match protocol {
+            WireProtocol::Http1 => {
+                let (response, sender) = pool.send_h1(self, request).await?;
+                lease.h1 = Some(sender);
+                response
+            }
+            WireProtocol::Http2 => pool.send_h2(self, request).await?,
+        };
+        self.stats.record_status(response.status().as_u16());
+        Ok((response, lease))
+    }
+
+    /// Sends an HTTP/1.1 upgrade request (websocket) on a new connection of its own
+    /// that is never pooled: after a `101` it belongs to the upgraded stream.
+    pub async fn send_upgrade(
+        self: &Arc<Self>,
+        endpoint: EndpointId,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let lease = self.lease(endpoint);
+        let response = self.endpoints[endpoint.0]
+            .send_upgrade(self, request)
+            .await?;
+        self.stats.record_status(response.status().as_u16());
+        Ok((response, lease))
+    }
+
+    fn lease(self: &Arc<Self>, endpoint: EndpointId) -> Lease {
+        self.stats.upstream_rq_total.inc();
+        self.stats.upstream_rq_active.inc();
+        let counted = self.lb.needs_active_counts();
+        if counted {
+            self.endpoints[endpoint.0]
+                .active
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Lease {
+            cluster: Arc::clone(self),
+            endpoint,
+            counted,
+            h1: None,
+        }
+    }
+}
+
+/// An endpoint picked by [`ClusterUpstream::pick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointId(usize);
+
+/// One request's hold on its upstream: keeps the active-request counts up and, for
+/// HTTP/1.1, owns the connection until the exchange is over.
+#[derive(Debug)]
+pub struct Lease {
+    cluster: Arc<ClusterUpstream>,
+    endpoint: EndpointId,
+    counted: bool,
+    h1: Option<hyper::client::conn::http1::SendRequest<Body>>,
+}
+
+impl Lease {
+    /// The exchange completed cleanly (response read to the end, request body sent):
+    /// an HTTP/1.1 connection goes back to the pool. Dropping a lease without calling
+    /// this closes its HTTP/1.1 connection.
+    pub fn release(mut self) {
+        if let Some(sender) = self.h1.take() {
+            self.cluster.endpoints[self.endpoint.0].put_idle(sender);
+        }
+    }
+
+    /// The cluster this lease belongs to.
+    pub fn cluster(&self) -> &Arc<ClusterUpstream> {
+        &self.cluster
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_rq_active.dec();
+        if self.counted {
+            self.cluster.endpoints[self.endpoint.0]
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `cluster.<name>.*` stats, resolved once per cluster.
+#[derive(Debug)]
+pub struct ClusterStats {
+    prefix: String,
+    /// `upstream_rq_total`.
+    pub upstream_rq_total: Counter,
+    /// `upstream_rq_active`.
+    pub upstream_rq_active: Gauge,
+    /// `upstream_rq_timeout`.
+    pub upstream_rq_timeout: Counter,
+    /// `upstream_cx_total`.
+    pub upstream_cx_total: Counter,
+    /// `upstream_cx_active`.
+    pub upstream_cx_active: Gauge,
+    /// `upstream_cx_http1_total`.
+    pub upstream_cx_http1_total: Counter,
+    /// `upstream_cx_http2_total`.
+    pub upstream_cx_http2_total: Counter,
+    /// `upstream_cx_connect_fail`.
+    pub upstream_cx_connect_fail: Counter,
+    /// `upstream_cx_connect_timeout`.
+    pub upstream_cx_connect_timeout: Counter,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
+    classes: [Counter; 5],
+    /// `upstream_rq_<code>`, created on first use (index: code - 100).
+    codes: Box<[OnceLock<Counter>]>,
+}
+
+impl ClusterStats {
+    fn new(cluster: &str) -> ClusterStats {
+        let prefix = format!("cluster.{cluster}.");
+        let store = stats::global();
+        let counter = |name: &str| store.counter(&format!("{prefix}{name}"));
+        let gauge = |name: &str| store.gauge(&format!("{prefix}{name}"));
+        ClusterStats {
+            upstream_rq_total: counter("upstream_rq_total"),
+            upstream_rq_active: gauge("upstream_rq_active"),
+            upstream_rq_timeout: counter("upstream_rq_timeout"),
+            upstream_cx_total: counter("upstream_cx_total"),
+            upstream_cx_active: gauge("upstream_cx_active"),
+            upstream_cx_http1_total: counter("upstream_cx_http1_total"),
+            upstream_cx_http2_total: counter("upstream_cx_http2_total"),
+            upstream_cx_connect_fail: counter("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: counter("upstream_cx_connect_timeout"),
+            classes: [1, 2, 3, 4, 5].map(|c| counter(&format!("upstream_rq_{c}xx"))),
+            codes: (100..600).map(|_| OnceLock::new()).collect(),
+            prefix,
+        }
+    }
+
+    /// Counts a response status from the upstream (`upstream_rq_<code>` and
+    /// `upstream_rq_<class>xx`).
+    #[inline]
+    pub fn record_status(&self, code: u16) {
+        if !(100..600).contains(&code) {
+            return;
+        }
+        self.classes[(code / 100 - 1) as usize].inc();
+        self.codes[(code - 100) as usize]
+            .get_or_init(|| {
+                stats::global().counter(&format!("{}upstream_rq_{code}", self.prefix))
+            })
+            .inc();
+    }
+}
