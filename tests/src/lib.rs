@@ -10,6 +10,9 @@
 //! as ignored rather than passing them silently; `cargo xtask test` runs them as root.
 #![forbid(unsafe_code)]
 
+pub mod diff;
+pub mod upstream;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
@@ -18,7 +21,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The reason privileged tests give when they are not run.
-pub const PRIVILEGED: &str = "needs root, eBPF and network namespaces: run `cargo xtask test` as root";
+pub const PRIVILEGED: &str =
+    "needs root, eBPF and network namespaces: run `cargo xtask test` as root";
 
 static SANDBOX_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -61,8 +65,14 @@ impl Sandbox {
         run("ip", &["-n", &id, "link", "set", "lo", "up"]);
         let cgroup_root = keel::datapath::cgroup2_root().expect("a cgroup v2 hierarchy is mounted");
         let cgroup = cgroup_root.join(&id);
-        std::fs::create_dir_all(&cgroup).unwrap_or_else(|e| panic!("creating {}: {e}", cgroup.display()));
-        Sandbox { netns: id.clone(), cgroup, bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")), cgroup_root }
+        std::fs::create_dir_all(&cgroup)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", cgroup.display()));
+        Sandbox {
+            netns: id.clone(),
+            cgroup,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            cgroup_root,
+        }
     }
 
     /// Runs `f` on a new thread that has entered the namespace.
@@ -80,7 +90,8 @@ impl Sandbox {
         let (name, address) = (name.to_string(), address.to_string());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         self.spawn_in(move || {
-            let listener = TcpListener::bind(&address).unwrap_or_else(|e| panic!("backend {name} on {address}: {e}"));
+            let listener = TcpListener::bind(&address)
+                .unwrap_or_else(|e| panic!("backend {name} on {address}: {e}"));
             ready_tx.send(()).unwrap();
             for stream in listener.incoming().flatten() {
                 let name = name.clone();
@@ -104,7 +115,8 @@ impl Sandbox {
         let (name, address) = (name.to_string(), address.to_string());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         self.spawn_in(move || {
-            let socket = UdpSocket::bind(&address).unwrap_or_else(|e| panic!("udp backend {name} on {address}: {e}"));
+            let socket = UdpSocket::bind(&address)
+                .unwrap_or_else(|e| panic!("udp backend {name} on {address}: {e}"));
             ready_tx.send(()).unwrap();
             let mut buf = [0u8; 256];
             while let Ok((_, from)) = socket.recv_from(&mut buf) {
@@ -133,7 +145,11 @@ impl Sandbox {
 
     /// Runs a probe to completion and returns its exchanges; panics on any error line.
     pub fn exchanges(&self, in_cgroup: bool, args: &[&str]) -> Vec<Exchange> {
-        let output = self.probe(in_cgroup).args(args).output().expect("run keel-probe");
+        let output = self
+            .probe(in_cgroup)
+            .args(args)
+            .output()
+            .expect("run keel-probe");
         assert!(
             output.status.success(),
             "keel-probe {args:?} failed: {}",
@@ -156,11 +172,18 @@ impl Sandbox {
         let mut lines = BufReader::new(stdout).lines();
         let mut text = String::new();
         for _ in 0..count {
-            let line = lines.next().expect("a line per held connection").expect("read probe output");
+            let line = lines
+                .next()
+                .expect("a line per held connection")
+                .expect("read probe output");
             text.push_str(&line);
             text.push('\n');
         }
-        Held { stdin: child.stdin.take(), child, exchanges: parse_exchanges(&text) }
+        Held {
+            stdin: child.stdin.take(),
+            child,
+            exchanges: parse_exchanges(&text),
+        }
     }
 }
 
@@ -201,7 +224,9 @@ impl Drop for Sandbox {
         }
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.bpffs);
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
     }
 }
 
@@ -210,10 +235,17 @@ fn parse_exchanges(text: &str) -> Vec<Exchange> {
         .map(|line| {
             let value: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("probe line {line:?}: {e}"));
-            assert!(value.get("error").is_none(), "probe reported an error: {line}");
+            assert!(
+                value.get("error").is_none(),
+                "probe reported an error: {line}"
+            );
             Exchange {
                 backend: value["backend"].as_str().expect("backend").to_string(),
-                peer: value["peer"].as_str().expect("peer").parse().expect("peer address"),
+                peer: value["peer"]
+                    .as_str()
+                    .expect("peer")
+                    .parse()
+                    .expect("peer address"),
             }
         })
         .collect()
@@ -229,7 +261,10 @@ pub fn enter_netns(name: &str) {
 
 /// Runs a command and panics with its output if it fails.
 pub fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         output.status.success(),
         "{program} {args:?} failed: {}",
@@ -248,7 +283,8 @@ pub fn tally(exchanges: &[Exchange]) -> std::collections::BTreeMap<String, usize
 
 /// Parses an Envoy bootstrap held in a test.
 pub fn bootstrap(yaml: &str) -> keel::model::Bootstrap {
-    keel::config::load_str(yaml, keel::config::Format::Yaml).unwrap_or_else(|e| panic!("test config: {e}"))
+    keel::config::load_str(yaml, keel::config::Format::Yaml)
+        .unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
 /// The kernel services of a test config.
@@ -264,7 +300,11 @@ pub fn kernel_config(services: &[(&str, &str, &str, &[(&str, u16, u32)])]) -> St
     for (name, vip, policy, endpoints) in services {
         let (vip_addr, vip_port) = vip.rsplit_once(':').expect("vip is addr:port");
         let vip_addr = vip_addr.trim_start_matches('[').trim_end_matches(']');
-        let protocol = if name.starts_with("udp") { "UDP" } else { "TCP" };
+        let protocol = if name.starts_with("udp") {
+            "UDP"
+        } else {
+            "TCP"
+        };
         listeners.push_str(&format!(
             "  - name: {name}\n    address: {{socket_address: {{address: \"{vip_addr}\", port_value: {vip_port}, protocol: {protocol}}}}}\n    metadata: {{filter_metadata: {{keel: {{balancing: KERNEL}}}}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n          cluster: {name}-cluster\n"
         ));
@@ -274,7 +314,11 @@ pub fn kernel_config(services: &[(&str, &str, &str, &[(&str, u16, u32)])]) -> St
                 "        - endpoint: {{address: {{socket_address: {{address: \"{address}\", port_value: {port}}}}}}}\n          load_balancing_weight: {weight}\n"
             ));
         }
-        let maglev = if *policy == "MAGLEV" { "    maglev_lb_config: {table_size: 16381}\n" } else { "" };
+        let maglev = if *policy == "MAGLEV" {
+            "    maglev_lb_config: {table_size: 16381}\n"
+        } else {
+            ""
+        };
         clusters.push_str(&format!(
             "  - name: {name}-cluster\n    connect_timeout: 1s\n    lb_policy: {policy}\n{maglev}    load_assignment:\n      cluster_name: {name}-cluster\n      endpoints:\n      - lb_endpoints:\n{lb_endpoints}"
         ));
@@ -290,8 +334,15 @@ pub fn keel_binary() -> PathBuf {
 /// A binary of the workspace in the tests' target folder (`target/<profile>/`).
 fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.is_file(), "{} is missing: build it with `cargo xtask build`", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo xtask build`",
+        path.display()
+    );
     path
 }
