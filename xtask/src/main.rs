@@ -12,6 +12,7 @@ mod bench;
 mod bpf_linker;
 mod build;
 mod cmd;
+mod envoy;
 mod run;
 mod setup;
 mod test;

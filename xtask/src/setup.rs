@@ -40,9 +40,14 @@ pub fn ensure_toolchain() -> Result<()> {
     step("bpf-linker", bpf_linker::ensure)
 }
 
-/// What testing keel needs besides the toolchain: apt packages and bpffs.
+/// What testing keel needs besides the toolchain: apt packages, the reference Envoy
+/// and bpffs.
 pub fn ensure_host() -> Result<()> {
     step("apt packages for the tests", ensure_apt_packages)?;
+    step(
+        "Envoy 1.40 for the differential tests",
+        crate::envoy::ensure,
+    )?;
     ensure_bpffs_mounted()
 }
 
