@@ -81,9 +81,7 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Incoming(incoming) => Pin::new(incoming)
-                .poll_frame(cx)
-                .map_err(BodyError::Hyper),
+            Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BodyError::Hyper),
             Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
         }
     }

@@ -196,7 +196,12 @@ impl FilterChain {
     }
 
     /// Runs `encode_body` of the first `ran` filters in reverse order.
-    pub(crate) fn encode_body(&self, ran: usize, mut body: Body, cx: &mut FilterContext<'_>) -> Body {
+    pub(crate) fn encode_body(
+        &self,
+        ran: usize,
+        mut body: Body,
+        cx: &mut FilterContext<'_>,
+    ) -> Body {
         for filter in self.filters[..ran].iter().rev() {
             body = filter.encode_body(body, cx);
         }

@@ -23,9 +23,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{
-    CONNECTION, SERVER, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, EXPECT, SERVER, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::http::{HttpConnectionManager, ServerHeader};
@@ -81,7 +79,7 @@ pub(crate) struct HeaderPolicy {
     node_address: Option<IpAddr>,
 }
 
-/// Presence bits of the headers [`HeaderPolicy::mutate_request`] looks at.
+/// Presence bits of the headers the connection manager looks at.
 mod seen {
     pub const CONNECTION: u32 = 1;
     pub const UPGRADE: u32 = 1 << 1;
@@ -93,27 +91,95 @@ mod seen {
     pub const XFF: u32 = 1 << 7;
     pub const XFP: u32 = 1 << 8;
     pub const REQUEST_ID: u32 = 1 << 9;
+    pub const EXPECT: u32 = 1 << 10;
+    pub const SERVER: u32 = 1 << 11;
+    /// `connection` lists the `upgrade` token.
+    pub const CONNECTION_UPGRADE: u32 = 1 << 12;
 }
 
-fn scan(headers: &HeaderMap) -> u32 {
-    let mut bits = 0;
-    for name in headers.keys() {
-        let name = name.as_str();
-        bits |= match name {
-            "connection" => seen::CONNECTION,
-            "upgrade" => seen::UPGRADE,
-            "keep-alive" => seen::KEEP_ALIVE,
-            "proxy-connection" => seen::PROXY_CONNECTION,
-            "transfer-encoding" => seen::TRANSFER_ENCODING,
-            "te" => seen::TE,
-            "x-forwarded-for" => seen::XFF,
-            "x-forwarded-proto" => seen::XFP,
-            "x-request-id" => seen::REQUEST_ID,
-            _ if name.starts_with("x-envoy-") => seen::ENVOY,
-            _ => 0,
-        };
+/// What one pass over a request's headers found (no hashing, no allocation).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestScan {
+    bits: u32,
+    /// `content-type: application/grpc*`.
+    pub grpc: bool,
+    /// `upgrade: websocket` (case-insensitive).
+    upgrade_websocket: bool,
+    /// FNV-1a of `x-request-id` when present.
+    request_id_hash: Option<u64>,
+}
+
+impl RequestScan {
+    /// One pass over `headers`.
+    pub(crate) fn new(headers: &HeaderMap) -> RequestScan {
+        let mut scan = RequestScan::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            scan.bits |= match name {
+                "connection" => {
+                    if has_token(value, "upgrade") {
+                        seen::CONNECTION | seen::CONNECTION_UPGRADE
+                    } else {
+                        seen::CONNECTION
+                    }
+                }
+                "upgrade" => {
+                    scan.upgrade_websocket = value.as_bytes().eq_ignore_ascii_case(b"websocket");
+                    seen::UPGRADE
+                }
+                "content-type" => {
+                    scan.grpc = is_grpc_content_type(value.as_bytes());
+                    0
+                }
+                "keep-alive" => seen::KEEP_ALIVE,
+                "proxy-connection" => seen::PROXY_CONNECTION,
+                "transfer-encoding" => seen::TRANSFER_ENCODING,
+                "te" => seen::TE,
+                "expect" => seen::EXPECT,
+                "x-forwarded-for" => seen::XFF,
+                "x-forwarded-proto" => seen::XFP,
+                "x-request-id" => {
+                    scan.request_id_hash = Some(fnv1a(value.as_bytes()));
+                    seen::REQUEST_ID
+                }
+                _ if name.starts_with("x-envoy-") => seen::ENVOY,
+                _ => 0,
+            };
+        }
+        scan
     }
-    bits
+
+    /// The HTTP/1 upgrade the request asks for: `Some(true)` for websocket,
+    /// `Some(false)` for another protocol, `None` for no upgrade.
+    pub(crate) fn upgrade(&self) -> Option<bool> {
+        let asks = seen::UPGRADE | seen::CONNECTION_UPGRADE;
+        (self.bits & asks == asks).then_some(self.upgrade_websocket)
+    }
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// `application/grpc`, `application/grpc+...`, `application/grpc;...`.
+pub(crate) fn is_grpc_content_type(value: &[u8]) -> bool {
+    let prefix = b"application/grpc";
+    value.len() >= prefix.len()
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.get(prefix.len()), None | Some(b'+') | Some(b';'))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
 
 /// What request mutation learnt about the downstream.
@@ -121,6 +187,9 @@ fn scan(headers: &HeaderMap) -> u32 {
 pub(crate) struct Downstream {
     /// The trusted client address (from `x-forwarded-for` or the peer), for logging.
     pub remote: Option<IpAddr>,
+    /// A stable 64-bit value for the request: the hash of its `x-request-id` (so a
+    /// request id always routes alike, as in Envoy), else random.
+    pub random: u64,
 }
 
 impl HeaderPolicy {
@@ -136,35 +205,52 @@ impl HeaderPolicy {
         }
     }
 
-    /// Applies the connection manager's request mutations.
+    /// Applies the connection manager's request mutations; `scan` is the pass over
+    /// these headers.
     pub(crate) fn mutate_request(
         &self,
         headers: &mut HeaderMap,
+        scan: &RequestScan,
         peer: SocketAddr,
         local: SocketAddr,
         scheme: &'static str,
         upgrade: bool,
     ) -> Downstream {
-        let bits = scan(headers);
+        let bits = scan.bits;
         if bits & (seen::CONNECTION | seen::UPGRADE) != 0 && !upgrade {
             headers.remove(CONNECTION);
             headers.remove(UPGRADE);
         }
-        if bits & seen::KEEP_ALIVE != 0 {
-            headers.remove(KEEP_ALIVE);
-        }
-        if bits & seen::PROXY_CONNECTION != 0 {
-            headers.remove(PROXY_CONNECTION);
-        }
-        if bits & seen::TRANSFER_ENCODING != 0 {
-            headers.remove(TRANSFER_ENCODING);
-        }
-        if bits & seen::TE != 0 {
-            sanitize_te(headers);
+        if bits
+            & (seen::KEEP_ALIVE
+                | seen::PROXY_CONNECTION
+                | seen::TRANSFER_ENCODING
+                | seen::TE
+                | seen::EXPECT)
+            != 0
+        {
+            if bits & seen::KEEP_ALIVE != 0 {
+                headers.remove(KEEP_ALIVE);
+            }
+            if bits & seen::PROXY_CONNECTION != 0 {
+                headers.remove(PROXY_CONNECTION);
+            }
+            if bits & seen::TRANSFER_ENCODING != 0 {
+                headers.remove(TRANSFER_ENCODING);
+            }
+            if bits & seen::TE != 0 {
+                sanitize_te(headers);
+            }
+            // hyper answers `expect: 100-continue` itself when the body is first
+            // read; the upstream gets no expectation (Envoy's default,
+            // `proxy_100_continue` off).
+            if bits & seen::EXPECT != 0 {
+                headers.remove(EXPECT);
+            }
         }
 
         let mut remote = None;
-        let mut xff_present = bits & seen::XFF != 0;
+        let xff_present = bits & seen::XFF != 0;
         if self.use_remote_address {
             if self.xff_num_trusted_hops > 0 && xff_present {
                 remote = xff_address(headers, self.xff_num_trusted_hops - 1);
@@ -177,7 +263,6 @@ impl HeaderPolicy {
                 remote_ip
             };
             append_xff(headers, appended, xff_present);
-            xff_present = true;
             if self.xff_num_trusted_hops == 0 || bits & seen::XFP == 0 {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
@@ -189,7 +274,6 @@ impl HeaderPolicy {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         }
-        let _ = xff_present;
 
         // No address is internal by default: every request is external.
         let edge = self.use_remote_address;
@@ -209,35 +293,50 @@ impl HeaderPolicy {
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS, value);
             }
         }
-        if self.generate_request_id && (edge || bits & seen::REQUEST_ID == 0) {
-            headers.insert(X_REQUEST_ID, uuid_v4());
-        }
-        Downstream { remote }
+        let random = if self.generate_request_id && (edge || bits & seen::REQUEST_ID == 0) {
+            let (id, random) = uuid_v4();
+            headers.insert(X_REQUEST_ID, id);
+            random
+        } else {
+            scan.request_id_hash
+                .unwrap_or_else(crate::upstream::fast_random)
+        };
+        Downstream { remote, random }
     }
 
     /// Applies the connection manager's response mutations (`upgrade`: a `101` to an
     /// upgrade request, whose `connection` / `upgrade` stay).
     pub(crate) fn mutate_response(&self, headers: &mut HeaderMap, upgrade: bool) {
-        let mut hop_by_hop = false;
-        let mut has_server = false;
+        let mut bits = 0;
         for name in headers.keys() {
-            match name.as_str() {
-                "connection" | "upgrade" | "keep-alive" | "proxy-connection"
-                | "transfer-encoding" => hop_by_hop = true,
-                "server" => has_server = true,
-                _ => {}
-            }
+            bits |= match name.as_str() {
+                "connection" => seen::CONNECTION,
+                "upgrade" => seen::UPGRADE,
+                "keep-alive" => seen::KEEP_ALIVE,
+                "proxy-connection" => seen::PROXY_CONNECTION,
+                "transfer-encoding" => seen::TRANSFER_ENCODING,
+                "server" => seen::SERVER,
+                _ => 0,
+            };
         }
-        if hop_by_hop {
-            if !upgrade {
+        if !upgrade {
+            if bits & seen::CONNECTION != 0 {
                 headers.remove(CONNECTION);
+            }
+            if bits & seen::UPGRADE != 0 {
                 headers.remove(UPGRADE);
             }
+        }
+        if bits & seen::TRANSFER_ENCODING != 0 {
             headers.remove(TRANSFER_ENCODING);
+        }
+        if bits & seen::KEEP_ALIVE != 0 {
             headers.remove(KEEP_ALIVE);
+        }
+        if bits & seen::PROXY_CONNECTION != 0 {
             headers.remove(PROXY_CONNECTION);
         }
-        self.set_server(headers, has_server);
+        self.set_server(headers, bits & seen::SERVER != 0);
     }
 
     /// Sets `server` on a response per `server_header_transformation`.
@@ -260,8 +359,13 @@ fn sanitize_te(headers: &mut HeaderMap) {
     let trailers = headers.get_all(TE).iter().any(|v| {
         v.to_str()
             .map(|s| {
-                s.split(',')
-                    .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+                s.split(',').any(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("trailers")
+                })
             })
             .unwrap_or(false)
     });
@@ -335,45 +439,56 @@ fn node_address() -> Option<IpAddr> {
     })
 }
 
-/// A random UUID version 4 in canonical form.
-pub(crate) fn uuid_v4() -> HeaderValue {
-    let a = crate::upstream::fast_random();
-    let b = crate::upstream::fast_random();
+/// A header value for a number of milliseconds: values below 1000 come from a
+/// table made once (cloning one is a pointer copy), larger ones are formatted.
+pub(crate) fn millis_value(ms: u64) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| {
+        (0..1000u64)
+            .map(|n| HeaderValue::from_static(Box::leak(n.to_string().into_boxed_str())))
+            .collect()
+    });
+    match small.get(ms as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(ms),
+    }
+}
+
+/// A header value for a configured number of milliseconds (a route timeout):
+/// each distinct value is made once per process and then cloned for free.
+pub(crate) fn configured_millis_value(ms: u64) -> HeaderValue {
+    static VALUES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<u64, &'static str>>,
+    > = std::sync::OnceLock::new();
+    let mut values = VALUES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("interned values lock");
+    let text = values
+        .entry(ms)
+        .or_insert_with(|| Box::leak(ms.to_string().into_boxed_str()));
+    HeaderValue::from_static(text)
+}
+
+/// A random UUID version 4 in canonical form, with a 64-bit value drawn from the
+/// same randomness (the request's stable random value).
+pub(crate) fn uuid_v4() -> (HeaderValue, u64) {
+    let (a, b) = crate::upstream::fast_random_pair();
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&a.to_le_bytes());
     bytes[8..].copy_from_slice(&b.to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut o = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[o] = b'-';
-            o += 1;
-        }
-        out[o] = HEX[(byte >> 4) as usize];
-        out[o + 1] = HEX[(byte & 0xf) as usize];
-        o += 2;
+    let mut out = [b'-'; 36];
+    // Canonical groups: 8-4-4-4-12 hex digits.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, &at) in bytes.iter().zip(AT.iter()) {
+        out[at] = HEX[(byte >> 4) as usize];
+        out[at + 1] = HEX[(byte & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
-}
-
-/// A stable 64-bit value for a request: the hash of its `x-request-id` when it has
-/// one (so a request id always routes alike, as in Envoy), else random.
-pub(crate) fn stable_random(headers: &HeaderMap) -> u64 {
-    match headers.get(&X_REQUEST_ID) {
-        Some(id) => {
-            // FNV-1a.
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for &b in id.as_bytes() {
-                hash ^= u64::from(b);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            hash
-        }
-        None => crate::upstream::fast_random(),
-    }
+    let value = HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value");
+    (value, a ^ b.rotate_left(32))
 }
 
 /// `normalize_path`: RFC 3986 §5.2.4 dot-segment removal on the path (the query is
@@ -461,6 +576,18 @@ mod tests {
             .collect()
     }
 
+    fn mutate(
+        policy: &HeaderPolicy,
+        headers: &mut HeaderMap,
+        peer: SocketAddr,
+        local: SocketAddr,
+        scheme: &'static str,
+        upgrade: bool,
+    ) -> Downstream {
+        let scan = RequestScan::new(headers);
+        policy.mutate_request(headers, &scan, peer, local, scheme, upgrade)
+    }
+
     const PEER: &str = "10.1.2.3:5555";
     const LOCAL: &str = "10.0.0.1:80";
 
@@ -474,7 +601,14 @@ mod tests {
             ("connection", "keep-alive"),
             ("te", "trailers, deflate"),
         ]);
-        let d = policy(true, 0).mutate_request(&mut h, PEER.parse().unwrap(), LOCAL.parse().unwrap(), "http", false);
+        let d = mutate(
+            &policy(true, 0),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4,10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http", "untrusted hop: overwritten");
         assert_eq!(h["x-envoy-external-address"], "10.1.2.3");
@@ -488,8 +622,18 @@ mod tests {
 
     #[test]
     fn trusted_hops_pick_the_client_and_keep_proto() {
-        let mut h = headers(&[("x-forwarded-for", "1.2.3.4,5.6.7.8"), ("x-forwarded-proto", "https")]);
-        let d = policy(true, 1).mutate_request(&mut h, PEER.parse().unwrap(), LOCAL.parse().unwrap(), "http", false);
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4,5.6.7.8"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let d = mutate(
+            &policy(true, 1),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
         assert_eq!(d.remote, Some("5.6.7.8".parse().unwrap()));
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4,5.6.7.8,10.1.2.3");
@@ -498,43 +642,120 @@ mod tests {
     #[test]
     fn loopback_peer_is_recorded_as_the_node() {
         let mut h = HeaderMap::new();
-        policy(true, 0).mutate_request(&mut h, "127.0.0.1:1".parse().unwrap(), "127.0.0.1:80".parse().unwrap(), "http", false);
+        policy(true, 0).mutate_request(
+            &mut h,
+            &RequestScan::default(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            "http",
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "192.0.2.2");
     }
 
     #[test]
     fn without_remote_address_ids_are_kept_and_xff_untouched() {
-        let mut h = headers(&[("x-request-id", "mine"), ("upgrade", "websocket"), ("connection", "upgrade")]);
-        policy(false, 0).mutate_request(&mut h, PEER.parse().unwrap(), LOCAL.parse().unwrap(), "http", true);
+        let mut h = headers(&[
+            ("x-request-id", "mine"),
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+        ]);
+        mutate(
+            &policy(false, 0),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            true,
+        );
         assert_eq!(h["x-request-id"], "mine");
         assert!(h.get("x-forwarded-for").is_none());
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["upgrade"], "websocket", "kept when upgrading");
         let mut h = HeaderMap::new();
-        policy(false, 0).mutate_request(&mut h, PEER.parse().unwrap(), LOCAL.parse().unwrap(), "http", false);
+        mutate(
+            &policy(false, 0),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
         assert_eq!(h["x-request-id"].len(), 36, "generated when absent");
     }
 
     #[test]
     fn responses_lose_hop_by_hop_and_get_server() {
-        let mut h = headers(&[("connection", "close"), ("keep-alive", "5"), ("server", "nginx")]);
+        let mut h = headers(&[
+            ("connection", "close"),
+            ("keep-alive", "5"),
+            ("server", "nginx"),
+        ]);
         policy(true, 0).mutate_response(&mut h, false);
         assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
         assert_eq!(h["server"], "envoy");
     }
 
     #[test]
+    fn scan_finds_upgrades_grpc_and_request_ids() {
+        let h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("content-type", "application/grpc+proto"),
+            ("x-request-id", "abc"),
+        ]);
+        let scan = RequestScan::new(&h);
+        assert_eq!(scan.upgrade(), Some(true));
+        assert!(scan.grpc);
+        let mut h2 = h.clone();
+        let d = policy(false, 0).mutate_request(
+            &mut h2,
+            &scan,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(
+            d.random,
+            fnv1a(b"abc"),
+            "the request id is the stable random"
+        );
+        let h = headers(&[("upgrade", "h2c")]);
+        assert_eq!(
+            RequestScan::new(&h).upgrade(),
+            None,
+            "no connection: upgrade"
+        );
+        let h = headers(&[("upgrade", "h2c"), ("connection", "upgrade")]);
+        assert_eq!(RequestScan::new(&h).upgrade(), Some(false));
+    }
+
+    #[test]
     fn uuid_has_version_and_variant() {
-        let id = uuid_v4();
+        let (id, _) = uuid_v4();
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
+        assert!(
+            s.bytes()
+                .enumerate()
+                .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) {
+                    c == b'-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }),
+            "{s}"
+        );
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
     }
 
     #[test]
     fn dot_segments_and_slashes() {
-        assert_eq!(normalize_path("/a/./b/../c?x=/../"), Some("/a/c?x=/../".into()));
+        assert_eq!(
+            normalize_path("/a/./b/../c?x=/../"),
+            Some("/a/c?x=/../".into())
+        );
         assert_eq!(normalize_path("/../../a"), Some("/a".into()));
         assert_eq!(normalize_path("/a/b/.."), Some("/a/".into()));
         assert_eq!(normalize_path("/a/b"), None);

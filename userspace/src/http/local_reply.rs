@@ -143,10 +143,10 @@ pub mod grpc {
 /// `http-grpc-status-mapping.md`).
 pub fn http_to_grpc_status(status: u16) -> u32 {
     match status {
-        400 => 13,                      // INTERNAL
-        401 => 16,                      // UNAUTHENTICATED
-        403 => 7,                       // PERMISSION_DENIED
-        404 => grpc::UNIMPLEMENTED,     // UNIMPLEMENTED
+        400 => 13,                  // INTERNAL
+        401 => 16,                  // UNAUTHENTICATED
+        403 => 7,                   // PERMISSION_DENIED
+        404 => grpc::UNIMPLEMENTED, // UNIMPLEMENTED
         429 | 502 | 503 | 504 => grpc::UNAVAILABLE,
         _ => 2, // UNKNOWN
     }
@@ -156,14 +156,9 @@ pub fn http_to_grpc_status(status: u16) -> u32 {
 /// `application/grpc`, `application/grpc+proto`, `application/grpc;...`; not gRPC-Web).
 #[inline]
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
-        return false;
-    };
-    let value = value.as_bytes();
-    let prefix = b"application/grpc";
-    value.len() >= prefix.len()
-        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
-        && matches!(value.get(prefix.len()), None | Some(b'+') | Some(b';'))
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| super::headers::is_grpc_content_type(value.as_bytes()))
 }
 
 /// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and `%`.

@@ -12,20 +12,40 @@
 //!   request and timeouts, upgrades (websocket splicing), request mirroring;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
-//!   response body;
+//!   response body (stats, pool release, access logs);
 //! - `headers`: `x-forwarded-*`, `x-request-id`, hop-by-hop headers, path
 //!   normalization; [`local_reply`]: Envoy-shaped local replies (gRPC included).
 //!
 //! Codec: `AUTO` peeks at the first bytes of a connection for the HTTP/2 preface and
 //! hands the socket to hyper's HTTP/1 or HTTP/2 server directly (no rewind buffer);
 //! only a client that sent part of the preface and paused goes through hyper-util's
-//! auto-detecting server.
+//! auto-detecting server. HTTP/1 connections are upgradeable only when
+//! `upgrade_configs` allows websocket.
 //!
 //! Connection timeouts: `request_headers_timeout` is hyper's HTTP/1 header read
 //! timeout (which also bounds how long an idle keep-alive connection waits for its
-//! next request); `idle_timeout` closes a connection with no stream for that long and
+//! next request); `idle_timeout` closes a connection with no stream for that long
+//! (checked every quarter of it, so within 1 to 1.25 times the timeout) and
 //! `max_connection_duration` drains it (HTTP/2 GOAWAY, HTTP/1 `connection: close`
 //! after the stream in flight), both followed by `drain_timeout`.
+//!
+//! Stream timeouts, as Envoy: the route `timeout` runs from the end of the request to
+//! the end of the response (504, flag UT, before response headers; a reset after);
+//! `stream_idle_timeout` or the route's `idle_timeout` (flag SI), `request_timeout`
+//! (408 while the request is incomplete) and `max_stream_duration`, each answering 408
+//! while the request is still arriving and 504 once it is complete. One timer serves
+//! them all per stream, re-armed lazily and reused across a connection's streams.
+//!
+//! Known differences from Envoy 1.40, by design or not done yet:
+//! - while a request body streams in, the stream is not checked for idleness (only
+//!   `request_timeout` bounds a stalled upload);
+//! - too many headers on HTTP/2 gets a 431 reply rather than a stream reset;
+//! - `grpc-timeout` is ignored, as Envoy does without
+//!   `max_stream_duration.grpc_timeout_header_max` (not in the model yet);
+//! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
+//!   off): hyper writes only trailers named by a `trailer` header;
+//! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no
+//!   TLS (the scheme is always `http`).
 
 pub mod body;
 pub mod filter;
@@ -51,7 +71,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::model::http::{Codec, HttpConnectionManager, HttpFilter as FilterConfig, RouteAction};
+use crate::model::http::{
+    ClusterSpecifier, Codec, HttpConnectionManager, HttpFilter as FilterConfig, RouteAction,
+};
+use crate::observe::access_log::{AccessLogError, AccessLogger};
+use crate::observe::format::FormatContext;
 use crate::observe::StreamInfo;
 use crate::router::{RouteTable, RouteTableError, RouteTableOptions};
 use crate::upstream::Upstreams;
@@ -69,6 +93,14 @@ pub enum HttpError {
         /// What is wrong.
         source: RouteTableError,
     },
+    /// An access log could not be set up.
+    #[error("http connection manager {stat_prefix}: {source}")]
+    AccessLog {
+        /// The connection manager's `stat_prefix`.
+        stat_prefix: String,
+        /// What is wrong.
+        source: AccessLogError,
+    },
 }
 
 /// Per-route values computed once, indexed by virtual host then route.
@@ -79,6 +111,8 @@ struct RouteExtras {
     /// Whether the route's response header mutations read request headers
     /// (`%REQ(..)%`), which are then kept for them.
     response_reads_request: bool,
+    /// The cluster of a forward to one named cluster, looked up once.
+    cluster: Option<Arc<crate::upstream::ClusterUpstream>>,
 }
 
 /// An HTTP connection manager: everything a listener's filter chain needs to serve
@@ -89,6 +123,7 @@ pub struct ConnectionManager {
     route_extras: Vec<Vec<RouteExtras>>,
     filters: filter::FilterChain,
     upstreams: Arc<Upstreams>,
+    access_logs: Vec<AccessLogger>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
     upgrade_websocket: bool,
@@ -114,6 +149,17 @@ impl ConnectionManager {
         config: Arc<HttpConnectionManager>,
         upstreams: Arc<Upstreams>,
     ) -> Result<ConnectionManager, HttpError> {
+        ConnectionManager::with_filters(config, upstreams, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), with `filters` in front of the router, before the
+    /// filters of `config.http_filters` (for filters the model cannot describe yet,
+    /// and tests).
+    pub fn with_filters(
+        config: Arc<HttpConnectionManager>,
+        upstreams: Arc<Upstreams>,
+        extra_filters: Vec<Arc<dyn filter::HttpFilter>>,
+    ) -> Result<ConnectionManager, HttpError> {
         let routes = RouteTable::try_new(&config.route_config, RouteTableOptions::default())
             .map_err(|source| HttpError::RouteConfig {
                 stat_prefix: config.stat_prefix.clone(),
@@ -130,7 +176,11 @@ impl ConnectionManager {
             .virtual_hosts
             .iter()
             .map(|vhost| {
-                let vhost_reads = vhost.headers.response_add.iter().any(|h| h.value.contains("%REQ"));
+                let vhost_reads = vhost
+                    .headers
+                    .response_add
+                    .iter()
+                    .any(|h| h.value.contains("%REQ"));
                 vhost
                     .routes
                     .iter()
@@ -138,26 +188,42 @@ impl ConnectionManager {
                         expected_timeout: match &route.action {
                             RouteAction::Forward(forward) => forward
                                 .timeout
-                                .map(|t| HeaderValue::from(t.as_millis() as u64)),
+                                .map(|t| headers::configured_millis_value(t.as_millis() as u64)),
                             _ => None,
                         },
                         response_reads_request: route_level_reads
                             || vhost_reads
-                            || route.headers.response_add.iter().any(|h| h.value.contains("%REQ")),
+                            || route
+                                .headers
+                                .response_add
+                                .iter()
+                                .any(|h| h.value.contains("%REQ")),
+                        cluster: match &route.action {
+                            RouteAction::Forward(forward) => match &forward.cluster {
+                                ClusterSpecifier::Cluster(name) => upstreams.get(name).cloned(),
+                                _ => None,
+                            },
+                            _ => None,
+                        },
                     })
                     .collect()
             })
             .collect();
+        let access_logs = config
+            .access_logs
+            .iter()
+            .map(AccessLogger::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| HttpError::AccessLog {
+                stat_prefix: config.stat_prefix.clone(),
+                source,
+            })?;
         // The router is the only HTTP filter so far and ends every chain implicitly.
-        let filters = filter::FilterChain::new(
-            config
-                .http_filters
-                .iter()
-                .filter_map(|f| match f {
-                    FilterConfig::Router => None,
-                })
-                .collect(),
-        );
+        let mut filters = extra_filters;
+        filters.extend(config.http_filters.iter().filter_map(|f| match f {
+            FilterConfig::Router => None,
+        }));
+        let filters = filter::FilterChain::new(filters);
 
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.max_header_size(config.max_request_headers_kb as usize * 1024);
@@ -181,7 +247,9 @@ impl ConnectionManager {
             auto.http1().max_headers(config.max_headers_count as usize);
         }
         if let Some(timeout) = config.timeouts.request_headers {
-            auto.http1().timer(TokioTimer::new()).header_read_timeout(timeout);
+            auto.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout);
         }
         auto.http2()
             .max_concurrent_streams(config.http2.max_concurrent_streams)
@@ -194,6 +262,7 @@ impl ConnectionManager {
             route_extras,
             filters,
             upstreams,
+            access_logs,
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
             upgrade_websocket: config.upgrade_types.iter().any(|t| t == "websocket"),
@@ -244,21 +313,29 @@ impl ConnectionManager {
             local,
             epoch: Instant::now(),
             active_streams: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            ended_streams: AtomicU64::new(0),
+            spare_timers: std::sync::Mutex::new(Vec::new()),
         });
         let service = {
             let conn = Arc::clone(&conn);
             service_fn(move |request| {
-                let conn = Arc::clone(&conn);
-                async move { Ok::<_, Infallible>(conn.handle(request).await) }
+                // Boxed: hyper moves the request future around (into its HTTP/1
+                // dispatcher, into a task per HTTP/2 stream); a pointer moves cheaper
+                // than a few kilobytes of state.
+                let handling = Box::pin(Arc::clone(&conn).handle(request));
+                async move { Ok::<_, Infallible>(handling.await) }
             })
         };
         let io = TokioIo::new(stream);
         match codec {
             Some(Codec::Http1) => {
                 self.stats.downstream_cx_http1_total.inc();
-                let connection = self.h1.serve_connection(io, service).with_upgrades();
-                conn.drive(connection).await;
+                let connection = self.h1.serve_connection(io, service);
+                if self.upgrade_websocket {
+                    conn.drive(connection.with_upgrades()).await;
+                } else {
+                    conn.drive(connection).await;
+                }
             }
             Some(Codec::Http2) => {
                 self.stats.downstream_cx_http2_total.inc();
@@ -272,14 +349,30 @@ impl ConnectionManager {
         self.stats.downstream_cx_active.dec();
     }
 
-    /// Writes `info` to the access logs.
-    fn log(&self, info: &StreamInfo) {
-        let _ = info;
+    /// Writes a finished stream to the access logs.
+    fn log(&self, info: &StreamInfo, request_line: Option<&(http::Method, http::Uri)>) {
+        if self.access_logs.is_empty() {
+            return;
+        }
+        let mut context = FormatContext::new(info).with_scheme(request::SCHEME);
+        if let Some((method, uri)) = request_line {
+            context = context.with_request_line(method, uri);
+        }
+        for logger in &self.access_logs {
+            logger.log_with(&context);
+        }
+    }
+
+    /// Writes out every access-log line logged so far (for shutdown and tests).
+    pub fn flush_access_logs(&self) {
+        for logger in &self.access_logs {
+            logger.flush();
+        }
     }
 
     /// Whether streams must keep copies of their headers for the access logs.
     fn logs(&self) -> bool {
-        false
+        !self.access_logs.is_empty()
     }
 }
 
@@ -310,8 +403,10 @@ pub(crate) struct Connection {
     local: SocketAddr,
     epoch: Instant,
     active_streams: AtomicUsize,
-    /// When the last stream ended, in milliseconds since `epoch`.
-    idle_since_ms: AtomicU64,
+    /// Streams ended so far (the idle check compares it between two looks).
+    ended_streams: AtomicU64,
+    /// Stream timers kept for the next streams (see `stream::Timers`).
+    spare_timers: std::sync::Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 /// A hyper server connection that can be asked to finish gracefully.
@@ -332,6 +427,19 @@ where
     }
 }
 
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
 impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
 where
     S: hyper::service::HttpService<hyper::body::Incoming>,
@@ -348,7 +456,10 @@ where
 
 impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<ResponseBody>>,
+    S: hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<ResponseBody>,
+    >,
     S::Future: 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -360,17 +471,36 @@ where
 }
 
 impl Connection {
-    /// A stream ended at `now`.
-    fn stream_ended(&self, now: Instant) {
-        self.idle_since_ms.store(
-            now.saturating_duration_since(self.epoch).as_millis() as u64,
-            Ordering::Relaxed,
-        );
+    /// A timer left by an earlier stream, if any.
+    #[inline]
+    fn take_spare_timer(&self) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        self.spare_timers.lock().ok()?.pop()
+    }
+
+    /// Keeps a stream's timer for a later stream (a few per connection at most).
+    #[inline]
+    fn put_spare_timer(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+        if let Ok(mut spares) = self.spare_timers.lock() {
+            if spares.len() < 16 {
+                spares.push(timer);
+            }
+        }
+    }
+
+    /// A stream ended.
+    #[inline]
+    fn stream_ended(&self) {
+        self.ended_streams.fetch_add(1, Ordering::Relaxed);
         self.active_streams.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Drives a hyper connection to its end, enforcing `idle_timeout` and
     /// `max_connection_duration` (each followed by `drain_timeout`).
+    ///
+    /// Idleness is checked every quarter of `idle_timeout` (streams only bump a
+    /// counter, no clock read): a connection is closed once no stream was active or
+    /// ended during a whole `idle_timeout`, i.e. between 1 and 1.25 idle timeouts
+    /// after its last stream.
     async fn drive<C, T, E>(&self, connection: C)
     where
         C: Graceful<Output = Result<T, E>>,
@@ -386,18 +516,18 @@ impl Connection {
             }
             return;
         }
+        let check_every = idle.map(|idle| (idle / 4).max(Duration::from_millis(1)));
+        let mut idle_since = self.epoch;
+        let mut ended_seen = 0;
+        let mut next_check = check_every.map(|every| self.epoch + every);
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            let idle_deadline = idle.filter(|_| drain_deadline.is_none()).map(|idle| {
-                let since = self.idle_since_ms.load(Ordering::Relaxed);
-                self.epoch + Duration::from_millis(since) + idle
-            });
-            let max_deadline = max_duration.filter(|_| drain_deadline.is_none());
-            let wake = [idle_deadline, max_deadline, drain_deadline]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("a deadline is set");
+            let wake = if drain_deadline.is_some() {
+                drain_deadline
+            } else {
+                [next_check, max_duration].into_iter().flatten().min()
+            }
+            .expect("a deadline is set");
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -411,23 +541,28 @@ impl Connection {
             if drain_deadline.is_some_and(|d| d <= now) {
                 return; // Dropping the connection closes it.
             }
-            let idle_expired = idle_deadline.is_some_and(|d| d <= now)
-                && self.active_streams.load(Ordering::Relaxed) == 0;
-            let max_expired = max_deadline.is_some_and(|d| d <= now);
-            if idle_expired || max_expired {
-                if idle_expired {
+            if drain_deadline.is_some() {
+                continue;
+            }
+            let mut expired = false;
+            if let (Some(idle), Some(every)) = (idle, check_every) {
+                let ended = self.ended_streams.load(Ordering::Relaxed);
+                if self.active_streams.load(Ordering::Relaxed) > 0 || ended != ended_seen {
+                    ended_seen = ended;
+                    idle_since = now;
+                } else if now.saturating_duration_since(idle_since) >= idle {
                     self.hcm.stats.downstream_cx_idle_timeout.inc();
-                } else {
-                    self.hcm.stats.downstream_cx_max_duration_reached.inc();
+                    expired = true;
                 }
+                next_check = Some(now + every);
+            }
+            if !expired && max_duration.is_some_and(|d| d <= now) {
+                self.hcm.stats.downstream_cx_max_duration_reached.inc();
+                expired = true;
+            }
+            if expired {
                 connection.as_mut().graceful_shutdown();
                 drain_deadline = Some(now + timeouts.drain);
-            } else if idle_deadline.is_some_and(|d| d <= now) {
-                // Busy: check again one idle period after now.
-                self.idle_since_ms.store(
-                    now.saturating_duration_since(self.epoch).as_millis() as u64,
-                    Ordering::Relaxed,
-                );
             }
         }
     }

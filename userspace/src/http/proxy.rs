@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{EXPECT, HOST};
+use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
-use super::headers::{X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
+use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
 use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
@@ -41,9 +41,13 @@ impl Connection {
         meta: RequestMeta,
     ) -> Response<ResponseBody> {
         let hcm = &*self.hcm;
-        let cluster = selected
-            .choose_cluster(&parts.headers, meta.random)
-            .and_then(|name| hcm.upstreams.get(name));
+        let extras = &hcm.route_extras[selected.virtual_host_index][selected.route_index];
+        let cluster = match &extras.cluster {
+            Some(cluster) => Some(cluster),
+            None => selected
+                .choose_cluster(&parts.headers, meta.random)
+                .and_then(|name| hcm.upstreams.get(name)),
+        };
         let Some(cluster) = cluster else {
             hcm.stats.no_cluster.inc();
             let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "")
@@ -64,9 +68,16 @@ impl Connection {
         stream.info.upstream_host = Some(address);
 
         // Rewrites and the route's header mutations.
-        let original = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let original = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
         if let Some(rewritten) = selected.rewrite_path(original) {
-            if let (Ok(value), Ok(path)) = (HeaderValue::from_str(original), rewritten.parse::<PathAndQuery>()) {
+            if let (Ok(value), Ok(path)) = (
+                HeaderValue::from_str(original),
+                rewritten.parse::<PathAndQuery>(),
+            ) {
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
                 uri.path_and_query = Some(path);
                 parts.uri = Uri::from_parts(uri).unwrap_or_default();
@@ -87,15 +98,16 @@ impl Connection {
             }
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
-        let extras = &hcm.route_extras[selected.virtual_host_index][selected.route_index];
         if let Some(expected) = &extras.expected_timeout {
-            parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected.clone());
+            parts
+                .headers
+                .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected.clone());
         }
-        // hyper answers `expect: 100-continue` when the body is first read; the
-        // upstream gets no expectation (Envoy's default, proxy_100_continue off).
-        parts.headers.remove(EXPECT);
         if stream.log || extras.response_reads_request {
             stream.info.request_headers = parts.headers.clone();
+        }
+        if stream.log {
+            stream.request_line = Some((parts.method.clone(), parts.uri.clone()));
         }
 
         // Mirrors get the request as sent, body copied frame by frame.
@@ -132,7 +144,8 @@ impl Connection {
         let sent_at = Instant::now();
         let send = async {
             if upgrade {
-                cluster.send_upgrade(endpoint, request).await
+                // Boxed: a new connection's future is large and upgrades are rare.
+                Box::pin(cluster.send_upgrade(endpoint, request)).await
             } else {
                 cluster.send(endpoint, protocol, request).await
             }
@@ -160,14 +173,18 @@ impl Connection {
         match outcome {
             Ok(Ok((mut response, lease))) => {
                 let now = Instant::now();
-                stream.info.response_duration = Some(now.saturating_duration_since(stream.info.start));
+                if stream.log {
+                    stream.info.response_duration =
+                        Some(now.saturating_duration_since(stream.info.start));
+                    stream.info.response_code_details = Some("via_upstream".to_owned());
+                }
                 stream.lease = Some(lease);
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
                 head.headers.insert(
                     X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    HeaderValue::from(now.saturating_duration_since(sent_at).as_millis() as u64),
+                    millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
                 );
                 selected.apply_response_headers(
                     &mut head.headers,
@@ -175,11 +192,15 @@ impl Connection {
                 );
                 hcm.headers.mutate_response(&mut head.headers, upgraded);
                 let mut meta = meta;
-                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take()) {
+                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take())
+                {
                     splice(downstream, upstream);
                 }
                 let response = Response::from_parts(head, Body::Incoming(body));
-                self.respond(stream, response, &meta, Some(selected)).await
+                if meta.filters_ran == 0 {
+                    return self.finish_response(stream, response);
+                }
+                Box::pin(self.respond(stream, response, &meta, Some(selected))).await
             }
             Ok(Err(error)) => {
                 let reply = upstream_failure(&error);
@@ -195,7 +216,12 @@ impl Connection {
     }
 
     /// The local reply for a timer that fired before the response started.
-    fn timeout_reply(&self, expiry: Expiry, request_complete: bool, cluster: &ClusterUpstream) -> LocalReply {
+    fn timeout_reply(
+        &self,
+        expiry: Expiry,
+        request_complete: bool,
+        cluster: &ClusterUpstream,
+    ) -> LocalReply {
         let stats = &self.hcm.stats;
         // Envoy answers 408 while the request is still coming in, 504 after.
         let status = if request_complete {
@@ -254,7 +280,9 @@ impl Connection {
             head.uri = parts.uri.clone();
             head.version = parts.version;
             head.headers = parts.headers.clone();
-            if let Some(shadow) = authority(&head).and_then(|a| HeaderValue::from_str(&shadow_host(a)).ok()) {
+            if let Some(shadow) =
+                authority(&head).and_then(|a| HeaderValue::from_str(&shadow_host(a)).ok())
+            {
                 set_authority(&mut head, shadow);
             }
             let body = if body_pending {
@@ -278,7 +306,10 @@ impl Connection {
                 let exchange = async {
                     let (response, lease) = cluster.send(endpoint, protocol, request).await.ok()?;
                     let mut body = response.into_body();
-                    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+                    while let Some(frame) =
+                        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
+                            .await
+                    {
                         frame.ok()?;
                     }
                     lease.release();
@@ -357,7 +388,11 @@ fn shadow_host(authority: &str) -> String {
         Some(colon) if !authority[colon..].contains(']') => colon,
         _ => authority.len(),
     };
-    format!("{}-shadow{}", &authority[..port_start], &authority[port_start..])
+    format!(
+        "{}-shadow{}",
+        &authority[..port_start],
+        &authority[port_start..]
+    )
 }
 
 /// Puts the request in the form the upstream protocol needs: origin-form URI and a
@@ -367,17 +402,12 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
     match protocol {
         WireProtocol::Http1 => {
             parts.version = Version::HTTP_11;
-            if parts.uri.authority().is_some() {
-                if !parts.headers.contains_key(HOST) {
-                    let Some(host) = parts
-                        .uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    else {
-                        return false;
-                    };
-                    parts.headers.insert(HOST, host);
-                }
+            if let Some(authority) = parts.uri.authority() {
+                // An absolute-form target (or HTTP/2's `:authority`) wins over `host`.
+                let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
+                    return false;
+                };
+                parts.headers.insert(HOST, host);
                 let path = parts
                     .uri
                     .path_and_query()
@@ -391,7 +421,8 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
             parts.version = Version::HTTP_2;
             let host = parts.headers.remove(HOST);
             if parts.uri.authority().is_none() {
-                let Some(authority) = host.and_then(|h| Authority::try_from(h.as_bytes()).ok()) else {
+                let Some(authority) = host.and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                else {
                     return false;
                 };
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -446,7 +477,10 @@ mod tests {
 
     #[test]
     fn upstream_forms() {
-        let (mut parts, _) = Request::get("http://a.example:81/p?q").body(()).unwrap().into_parts();
+        let (mut parts, _) = Request::get("http://a.example:81/p?q")
+            .body(())
+            .unwrap()
+            .into_parts();
         assert!(prepare_upstream_request(&mut parts, WireProtocol::Http1));
         assert_eq!(parts.uri, "/p?q");
         assert_eq!(parts.headers[HOST], "a.example:81");

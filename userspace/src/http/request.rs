@@ -1,18 +1,20 @@
 //! The request pipeline: checks, the connection manager's header mutations,
 //! routing, the filter chain, local replies; forwards go on in [`super::proxy`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::sync::Arc;
 
-use http::header::{CONNECTION, UPGRADE};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::body::Body;
 use super::filter::FilterContext;
-use super::headers::{merge_slashes, normalize_path, stable_random};
-use super::local_reply::{is_grpc, LocalReply};
+use super::headers::{merge_slashes, normalize_path, RequestScan};
+use super::local_reply::LocalReply;
 use super::stream::{ResponseBody, StreamGuard};
 use super::Connection;
 use crate::model::http::{RouteAction, UnderscoreAction};
@@ -34,6 +36,29 @@ pub(crate) struct RequestMeta {
     pub upgrade: Option<OnUpgrade>,
 }
 
+/// A response on its way: ready, or behind the encode filters (boxed: the filter
+/// path is the rare one, and keeping its future out of line keeps every request's
+/// future small).
+pub(crate) enum Responding<'a> {
+    /// No filter to run.
+    Ready(Option<Response<ResponseBody>>),
+    /// Encode filters run first.
+    Filtered(Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send + 'a>>),
+}
+
+impl Future for Responding<'_> {
+    type Output = Response<ResponseBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<ResponseBody>> {
+        match self.get_mut() {
+            Responding::Ready(response) => {
+                Poll::Ready(response.take().expect("Responding polled after completion"))
+            }
+            Responding::Filtered(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
 /// `:scheme` of downstream connections (keel serves plaintext only so far).
 pub(crate) const SCHEME: &str = "http";
 
@@ -47,24 +72,12 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
-/// Whether an HTTP/1 request asks for an upgrade (`connection: upgrade` and an
-/// `upgrade` header); returns the upgrade's type.
-fn upgrade_type(parts: &http::request::Parts) -> Option<&str> {
-    if parts.version == Version::HTTP_2 {
-        return None;
-    }
-    let upgrade = parts.headers.get(UPGRADE)?.to_str().ok()?;
-    let asks = parts.headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-            .unwrap_or(false)
-    });
-    asks.then_some(upgrade)
-}
-
 impl Connection {
     /// Serves one request.
-    pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
         let hcm = &self.hcm;
         hcm.stats.downstream_rq_total.inc();
         hcm.stats.downstream_rq_active.inc();
@@ -80,7 +93,7 @@ impl Connection {
         let info = StreamInfo::new(self.peer, self.local, protocol_name(parts.version));
         let mut stream = StreamGuard::new(Arc::clone(&self), info, hcm.logs());
         let mut meta = RequestMeta {
-            grpc: is_grpc(&parts.headers),
+            grpc: false,
             http1,
             filters_ran: 0,
             random: 0,
@@ -88,14 +101,20 @@ impl Connection {
         };
 
         if let Some(reply) = self.check_request(&mut parts) {
+            meta.grpc = RequestScan::new(&parts.headers).grpc;
             return self.local_reply(stream, reply, &meta, None).await;
         }
+        let scan = RequestScan::new(&parts.headers);
+        meta.grpc = scan.grpc;
 
         // Upgrades (websocket): allowed by `upgrade_configs`, else 403 as in Envoy.
         let upgrade = if parts.method == Method::CONNECT {
             Some(false)
+        } else if http1 {
+            scan.upgrade()
+                .map(|websocket| websocket && hcm.upgrade_websocket)
         } else {
-            upgrade_type(&parts).map(|t| t.eq_ignore_ascii_case("websocket") && hcm.upgrade_websocket)
+            None
         };
         match upgrade {
             Some(false) => {
@@ -113,6 +132,7 @@ impl Connection {
 
         let downstream = hcm.headers.mutate_request(
             &mut parts.headers,
+            &scan,
             self.peer,
             self.local,
             SCHEME,
@@ -124,7 +144,11 @@ impl Connection {
             }
         }
 
-        meta.random = stable_random(&parts.headers);
+        meta.random = downstream.random;
+        if stream.log {
+            stream.request_line = Some((parts.method.clone(), parts.uri.clone()));
+            stream.info.request_headers = parts.headers.clone();
+        }
         let context = RequestContext {
             scheme: Some(SCHEME),
             random: Some(meta.random),
@@ -141,7 +165,7 @@ impl Connection {
                 is_grpc: meta.grpc,
                 clear_route: false,
             };
-            let (ran, reply) = hcm.filters.decode_headers(&mut parts, &mut cx).await;
+            let (ran, reply) = Box::pin(hcm.filters.decode_headers(&mut parts, &mut cx)).await;
             meta.filters_ran = ran;
             if let Some(reply) = reply {
                 return self.local_reply(stream, reply, &meta, route).await;
@@ -171,14 +195,16 @@ impl Connection {
             }
             RouteAction::DirectResponse { status, body } => {
                 hcm.stats.rq_direct_response.inc();
-                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let reply = LocalReply::new(status, body.clone().unwrap_or_default())
                     .details("direct_response");
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
             RouteAction::Redirect(redirect) => {
                 hcm.stats.rq_redirect.inc();
-                let target = redirect_location(redirect, &selected.route.matcher.path, &parts, SCHEME);
+                let target =
+                    redirect_location(redirect, &selected.route.matcher.path, &parts, SCHEME);
                 let mut reply = LocalReply::new(target.status, "").details("direct_response");
                 if let Ok(location) = http::HeaderValue::from_str(&target.location) {
                     reply = reply.header(http::header::LOCATION, location);
@@ -224,7 +250,11 @@ impl Connection {
             }
         }
         if config.normalize_path || config.merge_slashes {
-            let original = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+            let original = parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/");
             let mut path = None;
             if config.normalize_path {
                 path = normalize_path(original);
@@ -253,13 +283,13 @@ impl Connection {
 
     /// Answers locally: the reply in Envoy's shape, the route's response header
     /// mutations when a route was chosen, then the common response path.
-    pub(crate) async fn local_reply(
-        &self,
+    pub(crate) fn local_reply<'a>(
+        &'a self,
         mut stream: StreamGuard,
         reply: LocalReply,
-        meta: &RequestMeta,
-        route: Option<Selected<'_>>,
-    ) -> Response<ResponseBody> {
+        meta: &'a RequestMeta,
+        route: Option<Selected<'a>>,
+    ) -> Responding<'a> {
         if let Some(flag) = reply.flag {
             stream.flag(flag);
         }
@@ -274,11 +304,15 @@ impl Connection {
             );
         }
         self.hcm.headers.set_server(response.headers_mut(), false);
-        self.respond(stream, response, meta, route).await
+        if meta.filters_ran == 0 {
+            return Responding::Ready(Some(self.finish_response(stream, response)));
+        }
+        Responding::Filtered(Box::pin(self.respond(stream, response, meta, route)))
     }
 
     /// The common response path: encode filters, stats, the stream moves into the
-    /// response body.
+    /// response body. Callers without filters to run use
+    /// [`finish_response`](Self::finish_response) directly (no future to build).
     pub(crate) async fn respond(
         &self,
         mut stream: StreamGuard,
@@ -287,7 +321,7 @@ impl Connection {
         route: Option<Selected<'_>>,
     ) -> Response<ResponseBody> {
         let (mut parts, mut body) = response.into_parts();
-        if meta.filters_ran > 0 {
+        {
             let hcm = &self.hcm;
             let s = &mut *stream;
             let mut cx = FilterContext {
@@ -302,19 +336,31 @@ impl Connection {
                 .encode_headers(meta.filters_ran, &mut parts, &mut cx)
                 .await
             {
-                let (reply_parts, reply_body) = reply.into_response(meta.grpc, meta.http1).into_parts();
+                let (reply_parts, reply_body) =
+                    reply.into_response(meta.grpc, meta.http1).into_parts();
                 parts = reply_parts;
                 body = reply_body;
             }
             body = hcm.filters.encode_body(meta.filters_ran, body, &mut cx);
         }
+        self.finish_response(stream, Response::from_parts(parts, body))
+    }
+
+    /// Stats and the stream's info for a response about to be sent; the stream moves
+    /// into its body.
+    #[inline]
+    pub(crate) fn finish_response(
+        &self,
+        mut stream: StreamGuard,
+        response: Response<Body>,
+    ) -> Response<ResponseBody> {
         stream.timers.response_started();
-        let code = parts.status.as_u16();
+        let code = response.status().as_u16();
         stream.info.response_code = code;
         self.hcm.stats.record_status(code);
         if stream.log {
-            stream.info.response_headers = parts.headers.clone();
+            stream.info.response_headers = response.headers().clone();
         }
-        Response::from_parts(parts, ResponseBody::new(body, stream))
+        response.map(|body| ResponseBody::new(body, stream))
     }
 }

@@ -55,6 +55,12 @@ pub(crate) enum Expiry {
 }
 
 /// The stream's deadlines, served by one lazily re-armed `Sleep`.
+///
+/// The `Sleep` is borrowed from the connection's spares and given back when the
+/// stream ends, still registered with the runtime's timer wheel: a stream whose
+/// deadline is later than the spare's leaves it armed as it is, so back-to-back
+/// requests on a keep-alive connection touch the timer wheel only when the earlier
+/// deadline fires (spuriously, once) and the timer is re-armed.
 #[derive(Debug)]
 pub(crate) struct Timers {
     sleep: Option<Pin<Box<Sleep>>>,
@@ -67,9 +73,9 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    fn new(start: Instant, timeouts: &HttpTimeouts) -> Timers {
+    fn new(start: Instant, timeouts: &HttpTimeouts, sleep: Option<Pin<Box<Sleep>>>) -> Timers {
         Timers {
-            sleep: None,
+            sleep,
             route_timeout: None,
             route_deadline: None,
             request_deadline: timeouts.request.map(|t| start + t),
@@ -215,6 +221,8 @@ pub(crate) struct ActiveStream {
     pub log: bool,
     /// Per-stream state of the HTTP filters.
     pub filter_state: http::Extensions,
+    /// `:method` and `:path` (and `:authority`) for the access logs, when logging.
+    pub request_line: Option<(http::Method, http::Uri)>,
 }
 
 impl ActiveStream {
@@ -224,7 +232,6 @@ impl ActiveStream {
     }
 
     fn finish(&mut self, response_complete: bool) {
-        let now = Instant::now();
         let (bytes, request_complete, request_at) = match &mut self.request {
             RequestState::Complete {
                 bytes,
@@ -236,9 +243,13 @@ impl ActiveStream {
                 Err(_) => (0, false, None),
             },
         };
-        self.info.bytes_received = bytes;
-        self.info.request_duration = request_at.map(|at| at.saturating_duration_since(self.info.start));
-        self.info.duration = Some(now.saturating_duration_since(self.info.start));
+        if self.log {
+            let now = Instant::now();
+            self.info.bytes_received = bytes;
+            self.info.request_duration =
+                request_at.map(|at| at.saturating_duration_since(self.info.start));
+            self.info.duration = Some(now.saturating_duration_since(self.info.start));
+        }
         if !response_complete && self.info.response_flags.is_empty() {
             // The client went away (or reset) before the response ended.
             self.info.response_flags.push("DC");
@@ -249,10 +260,13 @@ impl ActiveStream {
             }
         }
         let conn = &self.conn;
-        conn.stream_ended(now);
+        if let Some(sleep) = self.timers.sleep.take() {
+            conn.put_spare_timer(sleep);
+        }
+        conn.stream_ended();
         let hcm = &conn.hcm;
         hcm.stats.downstream_rq_active.dec();
-        hcm.log(&self.info);
+        hcm.log(&self.info, self.request_line.as_ref());
     }
 }
 
@@ -268,7 +282,11 @@ pub(crate) struct StreamGuard(Option<Box<ActiveStream>>);
 
 impl StreamGuard {
     pub(crate) fn new(conn: Arc<Connection>, info: StreamInfo, log: bool) -> StreamGuard {
-        let timers = Timers::new(info.start, &conn.hcm.config.timeouts);
+        let timers = Timers::new(
+            info.start,
+            &conn.hcm.config.timeouts,
+            conn.take_spare_timer(),
+        );
         let start = info.start;
         StreamGuard(Some(Box::new(ActiveStream {
             conn,
@@ -282,6 +300,7 @@ impl StreamGuard {
             lease: None,
             log,
             filter_state: http::Extensions::new(),
+            request_line: None,
         })))
     }
 
@@ -302,7 +321,9 @@ impl Deref for StreamGuard {
 
 impl DerefMut for StreamGuard {
     fn deref_mut(&mut self) -> &mut ActiveStream {
-        self.0.as_deref_mut().expect("stream used after it finished")
+        self.0
+            .as_deref_mut()
+            .expect("stream used after it finished")
     }
 }
 

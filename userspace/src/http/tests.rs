@@ -109,12 +109,21 @@ fn cluster(name: &str, address: SocketAddr, protocol: UpstreamProtocol) -> model
 
 /// Starts a keel HTTP listener on 127.0.0.1:0; the task ends with the test's runtime.
 async fn start_keel(config: HttpConnectionManager, clusters: &[model::Cluster]) -> SocketAddr {
+    start_keel_manager(config, clusters).await.0
+}
+
+/// Like [`start_keel`], also returning the connection manager.
+async fn start_keel_manager(
+    config: HttpConnectionManager,
+    clusters: &[model::Cluster],
+) -> (SocketAddr, Arc<ConnectionManager>) {
     let upstreams = Arc::new(Upstreams::new(clusters));
-    let manager = ConnectionManager::new(Arc::new(config), upstreams).expect("config compiles");
+    let manager =
+        Arc::new(ConnectionManager::new(Arc::new(config), upstreams).expect("config compiles"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind keel");
     let address = listener.local_addr().unwrap();
-    tokio::spawn(Arc::new(manager).serve(listener));
-    address
+    tokio::spawn(Arc::clone(&manager).serve(listener));
+    (address, manager)
 }
 
 type BackendBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -126,7 +135,9 @@ type BackendBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - anything else: 200, body = the request head ("METHOD URI VERSION" then
 ///   "name: value" lines).
 async fn start_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -149,6 +160,26 @@ async fn backend(request: Request<Incoming>) -> Result<Response<BackendBody>, In
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    if path == "/count" {
+        // Streams the body, answers with its size.
+        let mut body = request.into_body();
+        let mut size = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("request frame").into_data() {
+                size += data.len();
+            }
+        }
+        return Ok(Response::new(
+            Full::new(Bytes::from(size.to_string())).boxed(),
+        ));
+    }
+    if path == "/big" {
+        // 4 MiB in 64 KiB frames.
+        let chunks: Vec<Frame<Bytes>> = (0..64)
+            .map(|_| Frame::data(Bytes::from(vec![b'x'; 65536])))
+            .collect();
+        return Ok(Response::new(frames(chunks)));
+    }
     if path == "/grpc" {
         let collected = request.into_body().collect().await.expect("request body");
         let trailer = collected
@@ -169,7 +200,12 @@ async fn backend(request: Request<Incoming>) -> Result<Response<BackendBody>, In
             .body(body)
             .unwrap());
     }
-    let mut head = format!("{} {} {:?}\n", request.method(), request.uri(), request.version());
+    let mut head = format!(
+        "{} {} {:?}\n",
+        request.method(),
+        request.uri(),
+        request.version()
+    );
     for (name, value) in request.headers() {
         head.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
     }
@@ -209,18 +245,23 @@ async fn send(
     let io = TokioIo::new(stream);
     let fut = async {
         if h2 {
-            let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                .await
-                .expect("h2 handshake");
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .expect("h2 handshake");
             tokio::spawn(conn);
             sender.send_request(request).await.expect("h2 response")
         } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("h1 handshake");
             tokio::spawn(conn);
             sender.send_request(request).await.expect("h1 response")
         }
     };
-    tokio::time::timeout(PATIENCE, fut).await.expect("response in time")
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .expect("response in time")
 }
 
 fn get(uri: &str) -> http::request::Builder {
@@ -261,12 +302,18 @@ fn counter(name: &str) -> u64 {
 async fn http1_get_is_proxied_with_forwarding_headers() {
     let backend = start_backend().await;
     let keel = start_keel(
-        manager_config("t_h1", vec![route("/", forward_to("h1_backend", Some(Duration::from_secs(15))))]),
+        manager_config(
+            "t_h1",
+            vec![route(
+                "/",
+                forward_to("h1_backend", Some(Duration::from_secs(15))),
+            )],
+        ),
         &[cluster("h1_backend", backend, UpstreamProtocol::Http1)],
     )
     .await;
     for round in 0..3 {
-        let request = get(&format!("http://{keel}/hello?x=1"))
+        let request = get("/hello?x=1")
             .header("x-forwarded-for", "203.0.113.7")
             .header("x-envoy-retry-on", "5xx")
             .header("connection", "keep-alive")
@@ -275,7 +322,9 @@ async fn http1_get_is_proxied_with_forwarding_headers() {
         let response = send(keel, false, request).await;
         assert_eq!(response.status(), StatusCode::OK, "round {round}");
         assert_eq!(response.headers()["server"], "envoy");
-        assert!(response.headers().contains_key("x-envoy-upstream-service-time"));
+        assert!(response
+            .headers()
+            .contains_key("x-envoy-upstream-service-time"));
         assert!(response.headers().get("connection").is_none());
         let head = text(response).await;
         assert!(head.starts_with("GET /hello?x=1 HTTP/1.1\n"), "{head}");
@@ -285,8 +334,15 @@ async fn http1_get_is_proxied_with_forwarding_headers() {
         let appended: std::net::IpAddr = xff[12..].parse().expect("an address appended");
         assert!(!appended.is_unspecified(), "{xff}");
         assert_eq!(echoed(&head, "x-forwarded-proto"), Some("http"));
-        assert_eq!(echoed(&head, "x-request-id").map(str::len), Some(36), "{head}");
-        assert_eq!(echoed(&head, "x-envoy-expected-rq-timeout-ms"), Some("15000"));
+        assert_eq!(
+            echoed(&head, "x-request-id").map(str::len),
+            Some(36),
+            "{head}"
+        );
+        assert_eq!(
+            echoed(&head, "x-envoy-expected-rq-timeout-ms"),
+            Some("15000")
+        );
         assert_eq!(echoed(&head, "x-envoy-external-address"), Some("127.0.0.1"));
         assert_eq!(echoed(&head, "x-envoy-retry-on"), None, "{head}");
     }
@@ -313,7 +369,9 @@ async fn h2c_prior_knowledge_to_http1_and_http2_upstreams() {
         ],
     )
     .await;
-    let request = Request::get("http://test.example:8080/plain").body(empty()).unwrap();
+    let request = Request::get("http://test.example:8080/plain")
+        .body(empty())
+        .unwrap();
     let response = send(keel, true, request).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.version(), http::Version::HTTP_2);
@@ -321,9 +379,14 @@ async fn h2c_prior_knowledge_to_http1_and_http2_upstreams() {
     assert!(head.starts_with("GET /plain HTTP/1.1\n"), "{head}");
     assert_eq!(echoed(&head, "host"), Some("test.example:8080"));
 
-    let request = Request::get("http://test.example/via-h2").body(empty()).unwrap();
+    let request = Request::get("http://test.example/via-h2")
+        .body(empty())
+        .unwrap();
     let head = text(send(keel, true, request).await).await;
-    assert!(head.starts_with("GET http://test.example/via-h2 HTTP/2.0\n"), "{head}");
+    assert!(
+        head.starts_with("GET http://test.example/via-h2 HTTP/2.0\n"),
+        "{head}"
+    );
     assert_eq!(counter("http.t_h2c.downstream_cx_http2_total"), 2);
 }
 
@@ -332,7 +395,13 @@ async fn no_route_is_404_and_grpc_gets_unimplemented() {
     let keel = start_keel(
         manager_config(
             "t_nr",
-            vec![route("/only", RouteAction::DirectResponse { status: 200, body: None })],
+            vec![route(
+                "/only",
+                RouteAction::DirectResponse {
+                    status: 200,
+                    body: None,
+                },
+            )],
         ),
         &[],
     )
@@ -355,7 +424,11 @@ async fn no_route_is_404_and_grpc_gets_unimplemented() {
 #[tokio::test]
 async fn upstream_down_is_503_with_envoys_wording() {
     // A port nobody listens on: bind, note it, close.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let keel = start_keel(
         manager_config("t_uf", vec![route("/", forward_to("uf_down", None))]),
         &[cluster("uf_down", closed, UpstreamProtocol::Http1)],
@@ -387,7 +460,13 @@ async fn upstream_down_is_503_with_envoys_wording() {
 async fn route_timeout_is_504() {
     let backend = start_backend().await;
     let keel = start_keel(
-        manager_config("t_ut", vec![route("/", forward_to("ut_slow", Some(Duration::from_millis(200))))]),
+        manager_config(
+            "t_ut",
+            vec![route(
+                "/",
+                forward_to("ut_slow", Some(Duration::from_millis(200))),
+            )],
+        ),
         &[cluster("ut_slow", backend, UpstreamProtocol::Http1)],
     )
     .await;
@@ -396,7 +475,10 @@ async fn route_timeout_is_504() {
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(text(response).await, "upstream request timeout");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     assert_eq!(counter("cluster.ut_slow.upstream_rq_timeout"), 1);
 }
 
@@ -434,7 +516,10 @@ async fn direct_response_and_redirect() {
 
     let response = send(keel, false, get("/old?q=1").body(empty()).unwrap()).await;
     assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
-    assert_eq!(response.headers()["location"], "http://test.example/new?q=1");
+    assert_eq!(
+        response.headers()["location"],
+        "http://test.example/new?q=1"
+    );
     assert_eq!(counter("http.t_dr.rq_redirect"), 1);
 }
 
@@ -483,7 +568,12 @@ async fn read_head(stream: &mut TcpStream) -> String {
             .await
             .expect("head in time")
             .expect("read");
-        assert_eq!(n, 1, "connection closed in the head: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            n,
+            1,
+            "connection closed in the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
@@ -523,7 +613,9 @@ async fn upgrade_not_configured_is_403() {
     let keel = start_keel(config, &[]).await;
     let mut client = TcpStream::connect(keel).await.unwrap();
     client
-        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
         .await
         .unwrap();
     let head = read_head(&mut client).await.to_ascii_lowercase();
@@ -558,5 +650,655 @@ async fn grpc_trailers_pass_end_to_end() {
     let trailers = collected.trailers().cloned().expect("response trailers");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["echo-trailer"], "from-client");
-    assert_eq!(collected.to_bytes(), Bytes::from_static(b"reply-1;request-body"));
+    assert_eq!(
+        collected.to_bytes(),
+        Bytes::from_static(b"reply-1;request-body")
+    );
+}
+
+#[tokio::test]
+async fn future_sizes() {
+    // Not an assertion: prints the sizes that every request moves around, to keep an
+    // eye on them (`cargo test future_sizes -- --nocapture`).
+    let upstreams = Arc::new(Upstreams::new(&[cluster("c", "127.0.0.1:1".parse().unwrap(), UpstreamProtocol::Http1)]));
+    let config = manager_config("t_sizes", vec![route("/", forward_to("c", None))]);
+    let manager = Arc::new(ConnectionManager::new(Arc::new(config), Arc::clone(&upstreams)).unwrap());
+    let conn = Arc::new(super::Connection {
+        hcm: Arc::clone(&manager),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        local: "127.0.0.1:2".parse().unwrap(),
+        epoch: std::time::Instant::now(),
+        active_streams: Default::default(),
+        ended_streams: Default::default(),
+        spare_timers: Default::default(),
+    });
+    let (parts, _) = Request::get("/").header("host", "a").body(()).unwrap().into_parts();
+    let selected = manager.routes.route(&parts).unwrap();
+    let RouteAction::Forward(forward) = &selected.route.action else { unreachable!() };
+    let info = crate::observe::StreamInfo::new(conn.peer, conn.local, "HTTP/1.1");
+    let stream = super::stream::StreamGuard::new(Arc::clone(&conn), info, false);
+    let meta = super::request::RequestMeta { grpc: false, http1: true, filters_ran: 0, random: 0, upgrade: None };
+    let forward_future = conn.forward(stream, parts, super::body::Body::Empty, selected, forward, meta);
+    eprintln!("forward future {}", std::mem::size_of_val(&forward_future));
+    drop(forward_future);
+    let c = upstreams.get("c").unwrap().clone();
+    let send = c.send(c.pick().unwrap(), crate::upstream::WireProtocol::Http1, Request::new(super::body::Body::Empty));
+    eprintln!("send future {}", std::mem::size_of_val(&send));
+    eprintln!("StreamInfo {}", std::mem::size_of::<crate::observe::StreamInfo>());
+    eprintln!("Parts {}", std::mem::size_of::<http::request::Parts>());
+    eprintln!("LocalReply {}", std::mem::size_of::<super::local_reply::LocalReply>());
+}
+
+fn forward_action(cluster: &str) -> ForwardAction {
+    let RouteAction::Forward(forward) = forward_to(cluster, Some(Duration::from_secs(15))) else {
+        unreachable!()
+    };
+    *forward
+}
+
+#[tokio::test]
+async fn rewrite_keeps_the_original_path_and_access_log_records_streams() {
+    let backend = start_backend().await;
+    let log_path = std::env::temp_dir().join(format!("keel-http-test-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let mut forward = forward_action("al_backend");
+    forward.prefix_rewrite = Some("/v2/".into());
+    let mut config = manager_config(
+        "t_al",
+        vec![route("/api/", RouteAction::Forward(Box::new(forward)))],
+    );
+    config.access_logs = vec![AccessLog {
+        sink: AccessLogSink::File(log_path.clone()),
+        format: AccessLogFormat::Text(
+            "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(:PATH)% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %PROTOCOL%\n".into(),
+        ),
+        filter: None,
+    }];
+    let (keel, manager) = start_keel_manager(
+        config,
+        &[cluster("al_backend", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+
+    let request = Request::post("/api/items?q=1")
+        .header("host", "test.example")
+        .body(Full::new(Bytes::from_static(b"12345")).boxed())
+        .unwrap();
+    let head = text(send(keel, false, request).await).await;
+    assert!(head.starts_with("POST /v2/items?q=1 HTTP/1.1\n"), "{head}");
+    assert_eq!(
+        echoed(&head, "x-envoy-original-path"),
+        Some("/api/items?q=1")
+    );
+    let response = send(keel, false, get("/missing").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    drop(response);
+
+    manager.flush_access_logs();
+    let log = std::fs::read_to_string(&log_path).expect("access log written");
+    let _ = std::fs::remove_file(&log_path);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "200 - POST /api/items?q=1 /v2/items?q=1 al_backend 5 HTTP/1.1",
+            "404 NR GET /missing /missing - 0 HTTP/1.1",
+        ],
+        "{log}"
+    );
+}
+
+/// A backend that records each request head and body size, answering 200.
+async fn start_recording_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, usize)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let mut head = format!("{} {}\n", request.method(), request.uri());
+                        for (name, value) in request.headers() {
+                            head.push_str(&format!(
+                                "{}: {}\n",
+                                name,
+                                value.to_str().unwrap_or("?")
+                            ));
+                        }
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(usize::MAX);
+                        let _ = tx.send((head, body));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"shadow"))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, rx)
+}
+
+#[tokio::test]
+async fn mirrors_get_a_copy_with_the_shadow_host() {
+    let backend = start_backend().await;
+    let (shadow, mut seen) = start_recording_backend().await;
+    let mut forward = forward_action("mirror_main");
+    forward.mirrors = vec![("mirror_shadow".into(), 1_000_000)];
+    let keel = start_keel(
+        manager_config(
+            "t_mirror",
+            vec![route("/", RouteAction::Forward(Box::new(forward)))],
+        ),
+        &[
+            cluster("mirror_main", backend, UpstreamProtocol::Http1),
+            cluster("mirror_shadow", shadow, UpstreamProtocol::Http2),
+        ],
+    )
+    .await;
+    let request = Request::post("/count")
+        .header("host", "test.example:8080")
+        .body(Full::new(Bytes::from(vec![7u8; 100_000])).boxed())
+        .unwrap();
+    let response = send(keel, false, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        text(response).await,
+        "100000",
+        "the main request's body is intact"
+    );
+    let (head, body) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .expect("the mirror in time")
+        .expect("a mirrored request");
+    assert!(
+        head.starts_with("POST http://test.example-shadow:8080/count\n"),
+        "{head}"
+    );
+    assert!(
+        !head.contains("\nhost:"),
+        "HTTP/2 carries the host in :authority: {head}"
+    );
+    assert_eq!(body, 100_000, "the mirror gets the body too");
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_answers_504_when_the_request_is_complete() {
+    let backend = start_backend().await;
+    let mut forward = forward_action("si_slow");
+    forward.idle_timeout = Some(Duration::from_millis(200));
+    let keel = start_keel(
+        manager_config(
+            "t_si",
+            vec![route("/", RouteAction::Forward(Box::new(forward)))],
+        ),
+        &[cluster("si_slow", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = send(keel, false, get("/slow").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(text(response).await, "stream timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(counter("http.t_si.downstream_rq_idle_timeout"), 1);
+}
+
+#[tokio::test]
+async fn request_timeout_answers_408_to_a_slow_upload() {
+    let backend = start_backend().await;
+    let mut config = manager_config("t_rt", vec![route("/", forward_to("rt_backend", None))]);
+    config.timeouts.request = Some(Duration::from_millis(300));
+    let keel = start_keel(
+        config,
+        &[cluster("rt_backend", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let mut client = TcpStream::connect(keel).await.unwrap();
+    client
+        .write_all(b"POST /count HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert_eq!(counter("http.t_rt.downstream_rq_timeout"), 1);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let mut config = manager_config(
+        "t_idle",
+        vec![route(
+            "/",
+            RouteAction::DirectResponse {
+                status: 204,
+                body: None,
+            },
+        )],
+    );
+    config.timeouts.connection_idle = Some(Duration::from_millis(200));
+    let keel = start_keel(config, &[]).await;
+    let mut client = TcpStream::connect(keel).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(counter("http.t_idle.downstream_cx_idle_timeout"), 1);
+}
+
+/// Like Envoy (`http_protocol_options.enable_trailers` is off by default), trailers
+/// are not sent to HTTP/1.1 peers: hyper writes only those a `trailer` header names.
+#[tokio::test]
+async fn http1_client_gets_the_body_of_an_http2_upstream_without_trailers() {
+    let backend = start_backend().await;
+    let keel = start_keel(
+        manager_config("t_h1trailers", vec![route("/", forward_to("h1t_h2", None))]),
+        &[cluster("h1t_h2", backend, UpstreamProtocol::Http2)],
+    )
+    .await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-trailer", HeaderValue::from_static("h1-client"));
+    let request = Request::post("/grpc")
+        .header("host", "test.example")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .header("transfer-encoding", "chunked")
+        .body(frames(vec![
+            Frame::data(Bytes::from_static(b"abc")),
+            Frame::trailers(trailers),
+        ]))
+        .unwrap();
+    let response = send(keel, false, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("in time")
+        .expect("body");
+    assert!(collected.trailers().is_none());
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"reply-1;abc"));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    let backend = start_backend().await;
+    let keel = start_keel(
+        manager_config(
+            "t_big",
+            vec![
+                route(
+                    "/h2/",
+                    RouteAction::Forward(Box::new(ForwardAction {
+                        prefix_rewrite: Some("/".into()),
+                        ..forward_action("big_h2")
+                    })),
+                ),
+                route("/", forward_to("big_h1", None)),
+            ],
+        ),
+        &[
+            cluster("big_h1", backend, UpstreamProtocol::Http1),
+            cluster("big_h2", backend, UpstreamProtocol::Http2),
+        ],
+    )
+    .await;
+    for (h2_client, prefix) in [(false, ""), (true, ""), (false, "/h2"), (true, "/h2")] {
+        let upload: Vec<Frame<Bytes>> = (0..128)
+            .map(|_| Frame::data(Bytes::from(vec![1u8; 32768])))
+            .collect();
+        let request = Request::post(format!("http://test.example{prefix}/count"))
+            .header("host", "test.example")
+            .body(frames(upload))
+            .unwrap();
+        let response = send(keel, h2_client, request).await;
+        assert_eq!(
+            text(response).await,
+            (128 * 32768).to_string(),
+            "upload h2 client {h2_client} {prefix}"
+        );
+        let request = Request::get(format!("http://test.example{prefix}/big"))
+            .header("host", "test.example")
+            .body(empty())
+            .unwrap();
+        let response = send(keel, h2_client, request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
+            .await
+            .expect("in time")
+            .expect("body")
+            .to_bytes();
+        assert_eq!(
+            body.len(),
+            64 * 65536,
+            "download h2 client {h2_client} {prefix}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn header_policies_reject_underscores_and_normalize_paths() {
+    let backend = start_backend().await;
+    let mut config = manager_config(
+        "t_policy",
+        vec![route("/", forward_to("policy_backend", None))],
+    );
+    config.headers_with_underscores = UnderscoreAction::RejectRequest;
+    config.normalize_path = true;
+    config.merge_slashes = true;
+    let keel = start_keel(
+        config,
+        &[cluster("policy_backend", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let response = send(
+        keel,
+        false,
+        get("/").header("x_bad", "1").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        counter("http.t_policy.requests_rejected_with_underscores_in_headers"),
+        1
+    );
+
+    let response = send(
+        keel,
+        false,
+        get("/a//b/./c/../d?x=..//").body(empty()).unwrap(),
+    )
+    .await;
+    let head = text(response).await;
+    assert!(head.starts_with("GET /a/b/d?x=..// HTTP/1.1\n"), "{head}");
+}
+
+#[tokio::test]
+async fn too_many_headers_are_431_on_both_protocols() {
+    let mut config = manager_config(
+        "t_431",
+        vec![route(
+            "/",
+            RouteAction::DirectResponse {
+                status: 200,
+                body: None,
+            },
+        )],
+    );
+    config.max_headers_count = 20;
+    let keel = start_keel(config, &[]).await;
+    for h2 in [false, true] {
+        let mut request = Request::get("http://test.example/");
+        for i in 0..30 {
+            request = request.header(format!("x-h{i}"), "v");
+        }
+        let response = send(keel, h2, request.body(empty()).unwrap()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "h2 {h2}"
+        );
+    }
+}
+
+/// Test filters exercising every part of the filter interface.
+mod filters {
+    use super::*;
+    use crate::http::body::{Body, BodyError};
+    use crate::http::filter::{map_frames, FilterContext, FilterStatus, HttpFilter};
+    use crate::http::local_reply::LocalReply;
+
+    /// Waits (an "external call"), then tags the request; tags responses; counts
+    /// request body bytes into a response header.
+    pub struct Tagging;
+
+    #[derive(Clone)]
+    struct Seen(Arc<std::sync::atomic::AtomicU64>);
+
+    impl HttpFilter for Tagging {
+        fn name(&self) -> &str {
+            "test.tagging"
+        }
+
+        fn decode_headers(
+            &self,
+            _request: &mut http::request::Parts,
+            cx: &mut FilterContext<'_>,
+        ) -> FilterStatus<http::request::Parts> {
+            cx.state.insert(Seen(Arc::default()));
+            FilterStatus::Wait(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Box::new(
+                    |request: &mut http::request::Parts, _: &mut FilterContext<'_>| {
+                        request
+                            .headers
+                            .insert("x-tagged", HeaderValue::from_static("yes"));
+                        FilterStatus::Continue
+                    },
+                ) as crate::http::filter::Resume<http::request::Parts>
+            }))
+        }
+
+        fn decode_body(&self, body: Body, cx: &mut FilterContext<'_>) -> Body {
+            let seen = cx
+                .state
+                .get::<Seen>()
+                .expect("state from decode_headers")
+                .clone();
+            map_frames(body, move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    seen.0
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(frame)
+            })
+        }
+
+        fn encode_headers(
+            &self,
+            response: &mut http::response::Parts,
+            cx: &mut FilterContext<'_>,
+        ) -> FilterStatus<http::response::Parts> {
+            let seen = cx
+                .state
+                .get::<Seen>()
+                .map_or(0, |s| s.0.load(std::sync::atomic::Ordering::Relaxed));
+            response
+                .headers
+                .insert("x-request-bytes", HeaderValue::from(seen));
+            response.headers.insert(
+                "x-route",
+                HeaderValue::from_static(if cx.route.is_some() { "yes" } else { "no" }),
+            );
+            FilterStatus::Continue
+        }
+    }
+
+    /// Rejects requests carrying `x-deny`; stops request bodies containing "STOP".
+    pub struct Guard;
+
+    impl HttpFilter for Guard {
+        fn name(&self) -> &str {
+            "test.guard"
+        }
+
+        fn decode_headers(
+            &self,
+            request: &mut http::request::Parts,
+            _: &mut FilterContext<'_>,
+        ) -> FilterStatus<http::request::Parts> {
+            if request.headers.contains_key("x-deny") {
+                return FilterStatus::Respond(
+                    LocalReply::new(StatusCode::FORBIDDEN, "denied by guard").details("guard"),
+                );
+            }
+            FilterStatus::Continue
+        }
+
+        fn decode_body(&self, body: Body, _: &mut FilterContext<'_>) -> Body {
+            map_frames(body, |frame| match frame.data_ref() {
+                Some(data) if data.windows(4).any(|w| w == b"STOP") => {
+                    Err(BodyError::Reply(Box::new(LocalReply::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "stopped by guard",
+                    ))))
+                }
+                _ => Ok(frame),
+            })
+        }
+    }
+}
+
+#[tokio::test]
+async fn filters_see_and_change_requests_and_responses() {
+    let backend = start_backend().await;
+    let upstreams = Arc::new(Upstreams::new(&[cluster(
+        "filters_backend",
+        backend,
+        UpstreamProtocol::Http1,
+    )]));
+    let manager = ConnectionManager::with_filters(
+        Arc::new(manager_config(
+            "t_filters",
+            vec![route("/", forward_to("filters_backend", None))],
+        )),
+        upstreams,
+        vec![Arc::new(filters::Tagging), Arc::new(filters::Guard)],
+    )
+    .expect("config compiles");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let keel = listener.local_addr().unwrap();
+    tokio::spawn(Arc::new(manager).serve(listener));
+
+    // Headers changed after a wait, response tagged, body bytes counted.
+    let request = Request::post("/echo")
+        .header("host", "a")
+        .body(Full::new(Bytes::from_static(b"0123456789")).boxed())
+        .unwrap();
+    let response = send(keel, false, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-bytes"], "10");
+    assert_eq!(response.headers()["x-route"], "yes");
+    let head = text(response).await;
+    assert_eq!(echoed(&head, "x-tagged"), Some("yes"), "{head}");
+
+    // A header filter answers; the encode path of the filters before it still runs.
+    let response = send(
+        keel,
+        false,
+        get("/").header("x-deny", "1").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(response.headers()["x-request-bytes"], "0");
+    assert_eq!(text(response).await, "denied by guard");
+
+    // A body filter stops the request before the upstream answered: its reply is sent.
+    let request = Request::post("/count")
+        .header("host", "a")
+        .body(Full::new(Bytes::from_static(b"please STOP here")).boxed())
+        .unwrap();
+    let response = send(keel, false, request).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(text(response).await, "stopped by guard");
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_by_keel_and_not_forwarded() {
+    let backend = start_backend().await;
+    let keel = start_keel(
+        manager_config(
+            "t_expect",
+            vec![route("/", forward_to("expect_backend", None))],
+        ),
+        &[cluster("expect_backend", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let mut client = TcpStream::connect(keel).await.unwrap();
+    client
+        .write_all(
+            b"POST /count HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    client.write_all(b"hello").await.unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 1];
+    client.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"5");
+}
+
+#[tokio::test]
+async fn route_header_mutations_with_variables() {
+    let backend = start_backend().await;
+    let mut with_headers = route("/", forward_to("mut_backend", None));
+    with_headers.headers = HeaderMutations {
+        request_add: vec![HeaderValueOption {
+            name: "x-client".into(),
+            value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%".into(),
+            action: AppendAction::OverwriteIfExistsOrAdd,
+            keep_empty_value: false,
+        }],
+        request_remove: vec!["x-secret".into()],
+        response_add: vec![HeaderValueOption {
+            name: "x-request-id-echo".into(),
+            value: "%REQ(x-request-id)%".into(),
+            action: AppendAction::AppendIfExistsOrAdd,
+            keep_empty_value: false,
+        }],
+        response_remove: vec!["x-envoy-upstream-service-time".into()],
+    };
+    let keel = start_keel(
+        manager_config("t_mut", vec![with_headers]),
+        &[cluster("mut_backend", backend, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let response = send(
+        keel,
+        false,
+        get("/").header("x-secret", "s").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = response.headers()["x-request-id-echo"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        echo.len(),
+        36,
+        "%REQ()% in a response header reads the request"
+    );
+    let head = text(response).await;
+    assert_eq!(echoed(&head, "x-client"), Some("127.0.0.1"));
+    assert_eq!(echoed(&head, "x-secret"), None);
+    assert_eq!(echoed(&head, "x-request-id"), Some(echo.as_str()));
 }

@@ -112,8 +112,8 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
         let config = match chain.filters.as_slice() {
             [NetworkFilter::TcpProxy(config)] => config,
             [NetworkFilter::HttpConnectionManager(config)] => {
-                let upstreams = upstreams
-                    .get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
+                let upstreams =
+                    upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
                 let manager = ConnectionManager::new(Arc::clone(config), Arc::clone(upstreams))
                     .map_err(|source| ListenerError::Http {
                         name: listener.name.clone(),

@@ -145,8 +145,14 @@ mod tests {
         assert_eq!(
             stats.snapshot(),
             vec![
-                ("cluster.c.upstream_cx_active".to_string(), StatValue::Gauge(1)),
-                ("http.ingress.downstream_rq_total".to_string(), StatValue::Counter(3)),
+                (
+                    "cluster.c.upstream_cx_active".to_string(),
+                    StatValue::Gauge(1)
+                ),
+                (
+                    "http.ingress.downstream_rq_total".to_string(),
+                    StatValue::Counter(3)
+                ),
             ]
         );
     }

@@ -145,17 +145,19 @@ impl HeaderOps {
             return;
         }
 
-        // Pass 2: decide and format against the headers as they are now.
-        const INLINE: usize = 32;
-        let mut inline_plan = [Plan::Skip; INLINE];
-        let mut heap_plan = Vec::new();
-        let plan: &mut [Plan] = if self.add.len() <= INLINE {
-            &mut inline_plan[..self.add.len()]
+        // Pass 2: decide and format against the headers as they are now. Decisions
+        // and formatted values live on the stack for the usual few entries.
+        const INLINE: usize = 8;
+        let n = self.add.len();
+        let mut inline: [(Plan, Option<HeaderValue>); INLINE] =
+            std::array::from_fn(|_| (Plan::Skip, None));
+        let mut heap = Vec::new();
+        let slots: &mut [(Plan, Option<HeaderValue>)] = if n <= INLINE {
+            &mut inline[..n]
         } else {
-            heap_plan.resize(self.add.len(), Plan::Skip);
-            &mut heap_plan
+            heap.resize_with(n, || (Plan::Skip, None));
+            &mut heap
         };
-        let mut formatted: Vec<Option<HeaderValue>> = Vec::new();
         {
             let shared: &HeaderMap = headers;
             let ctx = (self.dynamic > 0).then(|| {
@@ -166,65 +168,47 @@ impl HeaderOps {
                 }
                 ctx
             });
-            if self.dynamic > 0 {
-                formatted.reserve_exact(self.add.len());
-            }
-            for (i, op) in self.add.iter().enumerate() {
-                let value = match &op.value {
-                    OpValue::Static(v) => {
-                        if self.dynamic > 0 {
-                            formatted.push(None);
-                        }
-                        (!v.is_empty() || op.keep_empty_value).then_some(())
-                    }
+            for (op, slot) in self.add.iter().zip(slots.iter_mut()) {
+                let has_value = match &op.value {
+                    OpValue::Static(v) => !v.is_empty() || op.keep_empty_value,
                     OpValue::Dynamic(f) => {
                         let mut text = String::new();
                         if let Some(ctx) = &ctx {
                             f.format_with(ctx, &mut text);
                         }
-                        let value = if text.is_empty() && !op.keep_empty_value {
-                            None
+                        if text.is_empty() && !op.keep_empty_value {
+                            false
                         } else {
-                            HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
-                        };
-                        let present = value.is_some().then_some(());
-                        formatted.push(value);
-                        present
+                            slot.1 = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok();
+                            slot.1.is_some()
+                        }
                     }
                 };
-                if value.is_none() {
+                if !has_value {
                     continue;
                 }
-                plan[i] = match op.action {
+                slot.0 = match op.action {
                     AppendAction::AppendIfExistsOrAdd => Plan::Append,
-                    AppendAction::AddIfAbsent => {
-                        if shared.contains_key(&op.name) {
-                            Plan::Skip
-                        } else {
-                            Plan::Append
-                        }
-                    }
+                    AppendAction::AddIfAbsent if shared.contains_key(&op.name) => Plan::Skip,
+                    AppendAction::AddIfAbsent => Plan::Append,
                     AppendAction::OverwriteIfExistsOrAdd => Plan::Overwrite,
-                    AppendAction::OverwriteIfExists => {
-                        if shared.contains_key(&op.name) {
-                            Plan::Overwrite
-                        } else {
-                            Plan::Skip
-                        }
+                    AppendAction::OverwriteIfExists if shared.contains_key(&op.name) => {
+                        Plan::Overwrite
                     }
+                    AppendAction::OverwriteIfExists => Plan::Skip,
                 };
             }
         }
 
         // Pass 3: overwrites, then appends.
         for wanted in [Plan::Overwrite, Plan::Append] {
-            for (i, op) in self.add.iter().enumerate() {
-                if plan[i] != wanted {
+            for (op, slot) in self.add.iter().zip(slots.iter_mut()) {
+                if slot.0 != wanted {
                     continue;
                 }
                 let value = match &op.value {
                     OpValue::Static(v) => v.clone(),
-                    OpValue::Dynamic(_) => match formatted.get_mut(i).and_then(Option::take) {
+                    OpValue::Dynamic(_) => match slot.1.take() {
                         Some(v) => v,
                         None => continue,
                     },

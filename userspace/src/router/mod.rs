@@ -59,9 +59,11 @@ pub struct RequestContext<'a> {
     /// `:scheme` of the downstream connection, used when the URI has none (HTTP/1
     /// origin-form): "http" or "https". Defaults to "http".
     pub scheme: Option<&'a str>,
-    /// The stable random value used by `runtime_fraction` (Envoy derives it from
-    /// `x-request-id` when present so a request id always routes alike). Drawn from
-    /// the thread-local RNG when `None` and a route needs it.
+    /// The random value of this stream for `runtime_fraction` (Envoy draws one per
+    /// stream and uses it for route matching and weighted clusters alike; pass the
+    /// same value to [`Selected::choose_cluster`], or one derived from `x-request-id`
+    /// for stickiness). Drawn from the thread-local RNG when `None` and a route needs
+    /// it.
     pub random: Option<u64>,
 }
 

@@ -1108,3 +1108,32 @@ fn invalid_mutations_are_reported() {
     assert!(!headers.contains_key("x-bad"));
     assert_eq!(values(&headers, "x-good"), ["ok"]);
 }
+
+#[test]
+fn many_mutations_in_one_level() {
+    let request_add = (0..12)
+        .map(|i| {
+            let value = if i % 2 == 0 {
+                format!("v{i}")
+            } else {
+                format!("%REQ(x-in)%{i}")
+            };
+            add("x-many", &value, AppendAction::AppendIfExistsOrAdd)
+        })
+        .collect();
+    let t = one_route_with(HeaderMutations {
+        request_add,
+        ..Default::default()
+    });
+    let headers = mutate(&t, request("GET", "/", &[("x-in", "d")]));
+    let expected: Vec<String> = (0..12)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("v{i}")
+            } else {
+                format!("d{i}")
+            }
+        })
+        .collect();
+    assert_eq!(values(&headers, "x-many"), expected);
+}

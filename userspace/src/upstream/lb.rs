@@ -85,19 +85,38 @@ impl LoadBalancer {
     }
 }
 
-/// A per-thread xorshift64* generator: balancing needs speed, not secrecy.
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+}
+
+#[inline]
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// A per-thread xorshift64* generator (seeded from the OS): balancing and request
+/// ids need speed and spread, not secrecy.
 #[inline]
 pub(crate) fn fast_random() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
-    }
     STATE.with(|s| {
         let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
+        let r = xorshift(&mut x);
         s.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        r
+    })
+}
+
+/// Two values of [`fast_random`] for one thread-local access.
+#[inline]
+pub(crate) fn fast_random_pair() -> (u64, u64) {
+    STATE.with(|s| {
+        let mut x = s.get();
+        let pair = (xorshift(&mut x), xorshift(&mut x));
+        s.set(x);
+        pair
     })
 }
 

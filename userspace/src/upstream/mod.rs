@@ -1,5 +1,5 @@
-//! Upstream HTTP: per cluster, the endpoints, the picker ([`lb`]) and the connection
-//! pools ([`pool`]) the router sends requests through.
+//! Upstream HTTP: per cluster, the endpoints, the picker (`lb`) and the connection
+//! pools (`pool`) the router sends requests through.
 //!
 //! # Pool design
 //!
@@ -42,7 +42,7 @@ use crate::http::body::Body;
 use crate::model::{self, UpstreamProtocol};
 use crate::observe::stats::{self, Counter, Gauge};
 
-pub(crate) use lb::fast_random;
+pub(crate) use lb::{fast_random, fast_random_pair};
 
 /// Why a request could not be sent upstream or got no response headers.
 #[derive(Debug, thiserror::Error)]
@@ -366,9 +366,7 @@ impl ClusterStats {
         }
         self.classes[(code / 100 - 1) as usize].inc();
         self.codes[(code - 100) as usize]
-            .get_or_init(|| {
-                stats::global().counter(&format!("{}upstream_rq_{code}", self.prefix))
-            })
+            .get_or_init(|| stats::global().counter(&format!("{}upstream_rq_{code}", self.prefix)))
             .inc();
     }
 }

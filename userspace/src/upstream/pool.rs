@@ -149,7 +149,9 @@ impl EndpointPool {
                 },
             }
         }
-        let mut sender = self.connect_h1(cluster, false).await?;
+        // Boxed: connecting is the cold path, and its future would otherwise make
+        // every request's future (moved and zeroed per request) much larger.
+        let mut sender = Box::pin(self.connect_h1(cluster, false)).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, sender)),
             Err(e) => Err(self.reset(e)),
@@ -185,6 +187,13 @@ impl EndpointPool {
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
+        Box::pin(self.connect_h2(cluster)).await
+    }
+
+    async fn connect_h2(
+        &self,
+        cluster: &ClusterUpstream,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
