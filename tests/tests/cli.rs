@@ -96,7 +96,11 @@ fn keel_serves_a_kernel_config_and_detaches_on_sigterm() {
     .unwrap();
     let status = keel.wait().unwrap();
     let rest: Vec<String> = log.map_while(Result::ok).collect();
-    assert!(status.success(), "keel exits 0 on SIGTERM: {status}; its log:\n{}", rest.join("\n"));
+    assert!(
+        status.success(),
+        "keel exits 0 on SIGTERM: {status}; its log:\n{}",
+        rest.join("\n")
+    );
     let seen = sandbox.exchanges(true, &["--to", "127.0.0.100:8080"]);
     assert_eq!(seen[0].backend, "decoy", "hooks are detached after exit");
     let _ = std::fs::remove_file(config_path);
@@ -119,11 +123,22 @@ fn wait_until_serving(log: &mut impl Iterator<Item = std::io::Result<String>>) {
 fn start_unprivileged_keel(
     sandbox: &Sandbox,
     config: &str,
-) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
     let config_path = std::env::temp_dir().join(format!("{}.yaml", sandbox.netns));
     std::fs::write(&config_path, config).unwrap();
     let mut keel = Command::new("ip")
-        .args(["netns", "exec", &sandbox.netns, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "netns",
+            "exec",
+            &sandbox.netns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
         .arg(keel_binary())
         .arg("-c")
         .arg(&config_path)
@@ -140,7 +155,12 @@ fn start_unprivileged_keel(
 fn without_privileges_keel_exits_with_the_reason_or_falls_back_to_userspace() {
     let sandbox = Sandbox::new("fallback");
     sandbox.tcp_backend("b1", "127.0.0.1:9001");
-    let service = keel_tests::kernel_config(&[("svc", "127.0.0.100:18080", "ROUND_ROBIN", &[("127.0.0.1", 9001, 1)])]);
+    let service = keel_tests::kernel_config(&[(
+        "svc",
+        "127.0.0.100:18080",
+        "ROUND_ROBIN",
+        &[("127.0.0.1", 9001, 1)],
+    )]);
 
     // Default: FAIL, with the reason and what to do.
     let (mut keel, log) = start_unprivileged_keel(&sandbox, &service);
@@ -148,7 +168,10 @@ fn without_privileges_keel_exits_with_the_reason_or_falls_back_to_userspace() {
     let text: Vec<String> = log.map_while(Result::ok).collect();
     let text = text.join("\n");
     assert_eq!(status.code(), Some(1), "keel must fail: {text}");
-    assert!(text.contains("needs root") && text.contains("on_unavailable: USERSPACE"), "{text}");
+    assert!(
+        text.contains("needs root") && text.contains("on_unavailable: USERSPACE"),
+        "{text}"
+    );
 
     // on_unavailable: USERSPACE serves the listener with the userspace tcp_proxy.
     let fallback = format!(
@@ -159,6 +182,10 @@ fn without_privileges_keel_exits_with_the_reason_or_falls_back_to_userspace() {
     // Any client, in the cgroup or not, reaches the backend through keel's userspace proxy.
     let seen = sandbox.exchanges(false, &["--to", "127.0.0.100:18080", "--count", "3"]);
     assert!(seen.iter().all(|e| e.backend == "b1"), "{seen:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keel.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keel.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(keel.wait().unwrap().success());
 }
