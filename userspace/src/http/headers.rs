@@ -39,6 +39,7 @@ pub(crate) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// `x-envoy-*` request headers only a trusted (internal) peer may send
 /// (Envoy's `cleanInternalHeaders`).
@@ -95,6 +96,9 @@ mod seen {
     pub const SERVER: u32 = 1 << 11;
     /// `connection` lists the `upgrade` token.
     pub const CONNECTION_UPGRADE: u32 = 1 << 12;
+    pub const HTTP2_SETTINGS: u32 = 1 << 13;
+    /// `upgrade: h2c`.
+    pub const UPGRADE_H2C: u32 = 1 << 14;
 }
 
 /// What one pass over a request's headers found (no hashing, no allocation).
@@ -124,9 +128,15 @@ impl RequestScan {
                     }
                 }
                 "upgrade" => {
-                    scan.upgrade_websocket = value.as_bytes().eq_ignore_ascii_case(b"websocket");
-                    seen::UPGRADE
+                    let value = value.as_bytes();
+                    scan.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
+                    if value.eq_ignore_ascii_case(b"h2c") {
+                        seen::UPGRADE | seen::UPGRADE_H2C
+                    } else {
+                        seen::UPGRADE
+                    }
                 }
+                "http2-settings" => seen::HTTP2_SETTINGS,
                 "content-type" => {
                     scan.grpc = is_grpc_content_type(value.as_bytes());
                     0
@@ -150,10 +160,13 @@ impl RequestScan {
     }
 
     /// The HTTP/1 upgrade the request asks for: `Some(true)` for websocket,
-    /// `Some(false)` for another protocol, `None` for no upgrade.
+    /// `Some(false)` for another protocol, `None` for no upgrade. An `h2c` upgrade is
+    /// no upgrade: as Envoy does, its headers are removed and the request is served
+    /// as HTTP/1.1.
     pub(crate) fn upgrade(&self) -> Option<bool> {
         let asks = seen::UPGRADE | seen::CONNECTION_UPGRADE;
-        (self.bits & asks == asks).then_some(self.upgrade_websocket)
+        (self.bits & asks == asks && self.bits & seen::UPGRADE_H2C == 0)
+            .then_some(self.upgrade_websocket)
     }
 }
 
@@ -220,6 +233,9 @@ impl HeaderPolicy {
         if bits & (seen::CONNECTION | seen::UPGRADE) != 0 && !upgrade {
             headers.remove(CONNECTION);
             headers.remove(UPGRADE);
+        }
+        if bits & seen::HTTP2_SETTINGS != 0 {
+            headers.remove(HTTP2_SETTINGS);
         }
         if bits
             & (seen::KEEP_ALIVE
@@ -728,6 +744,30 @@ mod tests {
             "no connection: upgrade"
         );
         let h = headers(&[("upgrade", "h2c"), ("connection", "upgrade")]);
+        assert_eq!(
+            RequestScan::new(&h).upgrade(),
+            None,
+            "h2c is served as HTTP/1.1"
+        );
+        let mut h = headers(&[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ]);
+        mutate(
+            &policy(false, 0),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(
+            h.get("upgrade").is_none()
+                && h.get("connection").is_none()
+                && h.get("http2-settings").is_none()
+        );
+        let h = headers(&[("upgrade", "foo"), ("connection", "upgrade")]);
         assert_eq!(RequestScan::new(&h).upgrade(), Some(false));
     }
 

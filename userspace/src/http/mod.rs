@@ -316,12 +316,20 @@ impl ConnectionManager {
             ended_streams: AtomicU64::new(0),
             spare_timers: std::sync::Mutex::new(Vec::new()),
         });
-        let service = {
+        // HTTP/1: hyper keeps the request future in its dispatcher. HTTP/2: hyper
+        // moves each stream's future into a task of its own; boxed, that is a pointer
+        // instead of a few kilobytes of state (measured: fewer instructions per
+        // HTTP/2 request, more per HTTP/1 one, where the box is not needed).
+        let unboxed = {
             let conn = Arc::clone(&conn);
             service_fn(move |request| {
-                // Boxed: hyper moves the request future around (into its HTTP/1
-                // dispatcher, into a task per HTTP/2 stream); a pointer moves cheaper
-                // than a few kilobytes of state.
+                let conn = Arc::clone(&conn);
+                async move { Ok::<_, Infallible>(conn.handle(request).await) }
+            })
+        };
+        let boxed = {
+            let conn = Arc::clone(&conn);
+            service_fn(move |request| {
                 let handling = Box::pin(Arc::clone(&conn).handle(request));
                 async move { Ok::<_, Infallible>(handling.await) }
             })
@@ -330,7 +338,7 @@ impl ConnectionManager {
         match codec {
             Some(Codec::Http1) => {
                 self.stats.downstream_cx_http1_total.inc();
-                let connection = self.h1.serve_connection(io, service);
+                let connection = self.h1.serve_connection(io, unboxed);
                 if self.upgrade_websocket {
                     conn.drive(connection.with_upgrades()).await;
                 } else {
@@ -339,10 +347,10 @@ impl ConnectionManager {
             }
             Some(Codec::Http2) => {
                 self.stats.downstream_cx_http2_total.inc();
-                conn.drive(self.h2.serve_connection(io, service)).await;
+                conn.drive(self.h2.serve_connection(io, boxed)).await;
             }
             _ => {
-                conn.drive(self.auto.serve_connection_with_upgrades(io, service))
+                conn.drive(self.auto.serve_connection_with_upgrades(io, boxed))
                     .await;
             }
         }

@@ -660,9 +660,14 @@ async fn grpc_trailers_pass_end_to_end() {
 async fn future_sizes() {
     // Not an assertion: prints the sizes that every request moves around, to keep an
     // eye on them (`cargo test future_sizes -- --nocapture`).
-    let upstreams = Arc::new(Upstreams::new(&[cluster("c", "127.0.0.1:1".parse().unwrap(), UpstreamProtocol::Http1)]));
+    let upstreams = Arc::new(Upstreams::new(&[cluster(
+        "c",
+        "127.0.0.1:1".parse().unwrap(),
+        UpstreamProtocol::Http1,
+    )]));
     let config = manager_config("t_sizes", vec![route("/", forward_to("c", None))]);
-    let manager = Arc::new(ConnectionManager::new(Arc::new(config), Arc::clone(&upstreams)).unwrap());
+    let manager =
+        Arc::new(ConnectionManager::new(Arc::new(config), Arc::clone(&upstreams)).unwrap());
     let conn = Arc::new(super::Connection {
         hcm: Arc::clone(&manager),
         peer: "127.0.0.1:1".parse().unwrap(),
@@ -672,21 +677,50 @@ async fn future_sizes() {
         ended_streams: Default::default(),
         spare_timers: Default::default(),
     });
-    let (parts, _) = Request::get("/").header("host", "a").body(()).unwrap().into_parts();
+    let (parts, _) = Request::get("/")
+        .header("host", "a")
+        .body(())
+        .unwrap()
+        .into_parts();
     let selected = manager.routes.route(&parts).unwrap();
-    let RouteAction::Forward(forward) = &selected.route.action else { unreachable!() };
+    let RouteAction::Forward(forward) = &selected.route.action else {
+        unreachable!()
+    };
     let info = crate::observe::StreamInfo::new(conn.peer, conn.local, "HTTP/1.1");
     let stream = super::stream::StreamGuard::new(Arc::clone(&conn), info, false);
-    let meta = super::request::RequestMeta { grpc: false, http1: true, filters_ran: 0, random: 0, upgrade: None };
-    let forward_future = conn.forward(stream, parts, super::body::Body::Empty, selected, forward, meta);
+    let meta = super::request::RequestMeta {
+        grpc: false,
+        http1: true,
+        filters_ran: 0,
+        random: 0,
+        upgrade: None,
+    };
+    let forward_future = conn.forward(
+        stream,
+        parts,
+        super::body::Body::Empty,
+        selected,
+        forward,
+        meta,
+    );
     eprintln!("forward future {}", std::mem::size_of_val(&forward_future));
     drop(forward_future);
     let c = upstreams.get("c").unwrap().clone();
-    let send = c.send(c.pick().unwrap(), crate::upstream::WireProtocol::Http1, Request::new(super::body::Body::Empty));
+    let send = c.send(
+        c.pick().unwrap(),
+        crate::upstream::WireProtocol::Http1,
+        Request::new(super::body::Body::Empty),
+    );
     eprintln!("send future {}", std::mem::size_of_val(&send));
-    eprintln!("StreamInfo {}", std::mem::size_of::<crate::observe::StreamInfo>());
+    eprintln!(
+        "StreamInfo {}",
+        std::mem::size_of::<crate::observe::StreamInfo>()
+    );
     eprintln!("Parts {}", std::mem::size_of::<http::request::Parts>());
-    eprintln!("LocalReply {}", std::mem::size_of::<super::local_reply::LocalReply>());
+    eprintln!(
+        "LocalReply {}",
+        std::mem::size_of::<super::local_reply::LocalReply>()
+    );
 }
 
 fn forward_action(cluster: &str) -> ForwardAction {
