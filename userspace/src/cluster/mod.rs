@@ -8,6 +8,22 @@
 
 pub mod maglev;
 
+use crate::model::Endpoint;
+
+/// Longest round-robin or random table built for a backend set (weights are scaled
+/// down to fit).
+pub const MAX_TABLE_LEN: u32 = 65_536;
+
+/// The Maglev table of `endpoints`, keyed by each endpoint's address: the kernel and the
+/// userspace proxies build it the same way, so they agree on where a flow goes.
+pub fn maglev_table(endpoints: &[Endpoint], table_size: u32) -> Vec<u32> {
+    let ids: Vec<(Vec<u8>, u32)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string().into_bytes(), e.weight.max(1)))
+        .collect();
+    maglev::table(&ids, table_size)
+}
+
 /// Greatest common divisor.
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {

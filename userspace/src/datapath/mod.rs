@@ -304,14 +304,14 @@ impl Datapath {
                     .remove(&address)
                     .map_err(map_err(map_names::SERVICES))?;
                 self.published.remove(&address);
-                self.delete_backend_set(old.backend_set, old.backend_count, old.table_size)?;
+                self.delete_backend_set(old.backend_set, old.backend_count, old.table_size);
             }
         }
         if !self.first_sync_done {
-            self.collect_orphans()?;
+            self.collect_orphans();
             self.first_sync_done = true;
         }
-        self.forget_idle_endpoints(wanted)?;
+        self.forget_idle_endpoints(wanted);
         Ok(())
     }
 
@@ -353,7 +353,7 @@ impl Datapath {
             .insert(service.address, value, 0)
             .map_err(map_err(map_names::SERVICES))?;
         if let Some(old) = old {
-            self.delete_backend_set(old.backend_set, old.backend_count, old.table_size)?;
+            self.delete_backend_set(old.backend_set, old.backend_count, old.table_size);
         }
         self.published.insert(
             service.address,
@@ -380,12 +380,9 @@ impl Datapath {
         }
     }
 
-    fn delete_backend_set(
-        &mut self,
-        set: u32,
-        count: u32,
-        table_size: u32,
-    ) -> Result<(), DatapathError> {
+    /// Deletes a backend set's slots, table and cursor (best effort: a missing entry is
+    /// already gone).
+    fn delete_backend_set(&mut self, set: u32, count: u32, table_size: u32) {
         for slot in 0..count {
             let _ = self.backends.remove(&BackendKey {
                 backend_set: set,
@@ -399,12 +396,11 @@ impl Datapath {
             });
         }
         let _ = self.rr_cursors.remove(&set);
-        Ok(())
     }
 
     /// After adopting pinned maps, deletes backend sets that no service points at (left
     /// by a keel that stopped in the middle of an update).
-    fn collect_orphans(&mut self) -> Result<(), DatapathError> {
+    fn collect_orphans(&mut self) {
         let live: HashSet<u32> = self
             .services
             .iter()
@@ -438,11 +434,10 @@ impl Datapath {
         for key in orphan_cursors {
             let _ = self.rr_cursors.remove(&key);
         }
-        Ok(())
     }
 
     /// Drops the count entries of endpoints no service uses that have no connection.
-    fn forget_idle_endpoints(&mut self, wanted: &[KernelService]) -> Result<(), DatapathError> {
+    fn forget_idle_endpoints(&mut self, wanted: &[KernelService]) {
         let used: HashSet<Address> = wanted
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| b.address))
@@ -457,7 +452,6 @@ impl Datapath {
         for address in idle {
             let _ = self.connections.remove(&address);
         }
-        Ok(())
     }
 
     /// Active connections per endpoint, as counted by the kernel.

@@ -8,7 +8,7 @@ use keel_common::{
     policy, protocol, Address, Backend, MAX_BACKENDS_PER_SERVICE, MAX_LB_TABLE_SIZE,
 };
 
-use crate::cluster::{maglev, random_table, round_robin_table};
+use crate::cluster::{maglev_table, random_table, round_robin_table, MAX_TABLE_LEN};
 use crate::model::{Balancing, Bootstrap, LbPolicy, NetworkFilter, Protocol};
 
 /// A service the kernel balances: everything one update of the maps needs.
@@ -134,8 +134,11 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
         }
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
         let (policy, table) = match cluster.lb_policy {
-            LbPolicy::RoundRobin => (policy::ROUND_ROBIN, round_robin_table(&weights, 65_536)),
-            LbPolicy::Random => (policy::RANDOM, random_table(&weights, 65_536)),
+            LbPolicy::RoundRobin => (
+                policy::ROUND_ROBIN,
+                round_robin_table(&weights, MAX_TABLE_LEN),
+            ),
+            LbPolicy::Random => (policy::RANDOM, random_table(&weights, MAX_TABLE_LEN)),
             LbPolicy::LeastRequest => (policy::LEAST_CONNECTIONS, Vec::new()),
             LbPolicy::Maglev { table_size } => {
                 if table_size > MAX_LB_TABLE_SIZE || table_size < cluster.endpoints.len() as u32 {
@@ -147,12 +150,7 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
                         ),
                     ));
                 }
-                let ids: Vec<(Vec<u8>, u32)> = cluster
-                    .endpoints
-                    .iter()
-                    .map(|e| (e.address.to_string().into_bytes(), e.weight.max(1)))
-                    .collect();
-                (policy::MAGLEV, maglev::table(&ids, table_size))
+                (policy::MAGLEV, maglev_table(&cluster.endpoints, table_size))
             }
             LbPolicy::RingHash => {
                 return Err(cluster_err(

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::cluster::{maglev, random_table, round_robin_table};
+use crate::cluster::{maglev_table, random_table, round_robin_table, MAX_TABLE_LEN};
 use crate::model::{self, Cluster, LbPolicy};
 
 /// One tcp_proxy filter with its cluster's endpoints and balancing state.
@@ -31,17 +31,10 @@ impl TcpProxy {
     pub fn new(config: model::TcpProxy, cluster: &Cluster) -> TcpProxy {
         let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
         let table = match cluster.lb_policy {
-            LbPolicy::RoundRobin => round_robin_table(&weights, 65_536),
-            LbPolicy::Random | LbPolicy::RingHash => random_table(&weights, 65_536),
+            LbPolicy::RoundRobin => round_robin_table(&weights, MAX_TABLE_LEN),
+            LbPolicy::Random | LbPolicy::RingHash => random_table(&weights, MAX_TABLE_LEN),
             LbPolicy::LeastRequest => Vec::new(),
-            LbPolicy::Maglev { table_size } => {
-                let ids: Vec<(Vec<u8>, u32)> = cluster
-                    .endpoints
-                    .iter()
-                    .map(|e| (e.address.to_string().into_bytes(), e.weight))
-                    .collect();
-                maglev::table(&ids, table_size)
-            }
+            LbPolicy::Maglev { table_size } => maglev_table(&cluster.endpoints, table_size),
         };
         TcpProxy {
             config,

@@ -11,11 +11,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cluster::{random_table, round_robin_table};
+use crate::cluster::{random_table, round_robin_table, MAX_TABLE_LEN};
 use crate::model::LbPolicy;
-
-/// Longest slot table built for a cluster (weights are scaled down to fit).
-const MAX_TABLE: u32 = 65_536;
 
 /// A cluster's endpoint picker.
 #[derive(Debug)]
@@ -44,9 +41,9 @@ impl LoadBalancer {
         let table = if weights.is_empty() {
             Vec::new()
         } else if policy == Policy::RoundRobin {
-            round_robin_table(weights, MAX_TABLE)
+            round_robin_table(weights, MAX_TABLE_LEN)
         } else {
-            random_table(weights, MAX_TABLE)
+            random_table(weights, MAX_TABLE_LEN)
         };
         LoadBalancer {
             policy,
