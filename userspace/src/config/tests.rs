@@ -100,6 +100,7 @@ fn good_model() -> Bootstrap {
                 },
             ],
             upstream_protocol: crate::model::UpstreamProtocol::Http1,
+            ..Cluster::default()
         }],
         datapath: Datapath {
             cgroup_path: Some(PathBuf::from("/sys/fs/cgroup/mesh")),

@@ -4,6 +4,8 @@
 //! into these types and rejects what keel does not support; everything after that
 //! (listeners, clusters, the kernel data path) trusts them.
 
+pub mod breakers;
+pub mod health;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -121,6 +123,28 @@ pub struct Cluster {
     /// The HTTP protocol spoken to the endpoints
     /// (`typed_extension_protocol_options` `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
     pub upstream_protocol: UpstreamProtocol,
+    /// `circuit_breakers` (Envoy's default thresholds when left out).
+    pub circuit_breakers: breakers::CircuitBreakers,
+    /// `health_checks`.
+    pub health_checks: Vec<health::HealthCheck>,
+    /// `outlier_detection`: `None` when left out (no passive health checking).
+    pub outlier_detection: Option<health::OutlierDetection>,
+}
+
+impl Default for Cluster {
+    /// A STATIC round-robin HTTP/1.1 cluster with no endpoints and Envoy's defaults.
+    fn default() -> Cluster {
+        Cluster {
+            name: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            endpoints: Vec::new(),
+            upstream_protocol: UpstreamProtocol::Http1,
+            circuit_breakers: breakers::CircuitBreakers::default(),
+            health_checks: Vec::new(),
+            outlier_detection: None,
+        }
+    }
 }
 
 /// The HTTP protocol keel speaks to a cluster's endpoints.

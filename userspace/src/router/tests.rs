@@ -26,6 +26,7 @@ fn forward(cluster: &str) -> ForwardAction {
         idle_timeout: None,
         mirrors: Vec::new(),
         retry_policy: None,
+        hash_policy: Vec::new(),
     }
 }
 
