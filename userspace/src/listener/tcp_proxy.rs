@@ -32,8 +32,10 @@ impl TcpProxy {
         let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
         let table = match cluster.lb_policy {
             LbPolicy::RoundRobin => round_robin_table(&weights, MAX_TABLE_LEN),
-            LbPolicy::Random | LbPolicy::RingHash => random_table(&weights, MAX_TABLE_LEN),
-            LbPolicy::LeastRequest => Vec::new(),
+            LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::ClusterProvided => {
+                random_table(&weights, MAX_TABLE_LEN)
+            }
+            LbPolicy::LeastRequest { .. } => Vec::new(),
             LbPolicy::Maglev { table_size } => maglev_table(&cluster.endpoints, table_size),
         };
         TcpProxy {
@@ -58,12 +60,14 @@ impl TcpProxy {
         }
         let from_table = |index: u64| self.table.get((index % self.table.len() as u64) as usize);
         let slot = match self.policy {
-            LbPolicy::LeastRequest => {
+            LbPolicy::LeastRequest { .. } => {
                 return (0..self.endpoints.len())
                     .min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
             }
             LbPolicy::RoundRobin => from_table(self.cursor.fetch_add(1, Ordering::Relaxed)),
-            LbPolicy::Random | LbPolicy::RingHash => from_table(rand::random::<u64>()),
+            LbPolicy::Random | LbPolicy::RingHash { .. } | LbPolicy::ClusterProvided => {
+                from_table(rand::random::<u64>())
+            }
             // tcp_proxy has no hash key here: hash the downstream address.
             LbPolicy::Maglev { .. } => {
                 use std::hash::{BuildHasher, BuildHasherDefault};

@@ -1,0 +1,1 @@
+//! End-to-end tests of load balancing and discovery over real sockets.
