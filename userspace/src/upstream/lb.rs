@@ -568,8 +568,15 @@ fn locality_level(
     })
 }
 
-/// Positive real weights as integers ≥ 1 keeping their ratios to 1 part in 10000.
+/// Positive real weights as integers ≥ 1: integral weights as they are, others
+/// keeping their ratios to 1 part in 10000.
 fn quantize(weights: &[f64]) -> Vec<u32> {
+    if weights
+        .iter()
+        .all(|&w| w >= 1.0 && w.fract() == 0.0 && w <= f64::from(u32::MAX))
+    {
+        return weights.iter().map(|&w| w as u32).collect();
+    }
     let max = weights.iter().copied().fold(0.0, f64::max);
     if max <= 0.0 {
         return vec![1; weights.len()];
