@@ -845,3 +845,257 @@ fn dns_address(address: &core::Address, dns_names: bool) -> Option<(&str, u16)> 
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{load_str, Format};
+    use crate::model::{self, Discovery, DnsLookupFamily, EndpointAddress, LbPolicy};
+
+    /// A bootstrap with one cluster made of `body` (indented under `- name: c`).
+    fn with_cluster(body: &str) -> String {
+        let body: String = body.lines().map(|l| format!("    {l}\n")).collect();
+        format!("static_resources:\n  clusters:\n  - name: c\n{body}")
+    }
+
+    fn load(body: &str) -> model::Cluster {
+        let yaml = with_cluster(body);
+        let bootstrap = load_str(&yaml, Format::Yaml)
+            .unwrap_or_else(|e| panic!("expected the config to load, got: {e}\n{yaml}"));
+        bootstrap.clusters[0].clone()
+    }
+
+    fn expect_error(body: &str, field: &str, what: &str) {
+        let yaml = with_cluster(body);
+        let error = match load_str(&yaml, Format::Yaml) {
+            Ok(_) => panic!("expected an error at {field}, but the config loaded\n{yaml}"),
+            Err(e) => e.to_string(),
+        };
+        let path = format!("static_resources.clusters[0].{field}: ");
+        assert!(error.starts_with(&path), "expected `{path}`, got: {error}");
+        assert!(error.contains(what), "expected `{what}`, got: {error}");
+    }
+
+    const DNS_ENDPOINT: &str = "load_assignment:
+  cluster_name: c
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {address: {socket_address: {address: backend.example, port_value: 80}}}";
+
+    #[test]
+    fn strict_dns_cluster_with_every_setting() {
+        let cluster = load(
+            "type: STRICT_DNS
+dns_refresh_rate: 2s
+respect_dns_ttl: true
+dns_lookup_family: V4_ONLY
+dns_failure_refresh_rate: {base_interval: 1s, max_interval: 10s}
+typed_dns_resolver_config:
+  name: envoy.network.dns_resolver.cares
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+    resolvers: [{socket_address: {address: 127.0.0.1, port_value: 5353}}]
+lb_policy: RING_HASH
+ring_hash_lb_config: {minimum_ring_size: 64, maximum_ring_size: 4096}
+common_lb_config:
+  healthy_panic_threshold: {value: 30.5}
+  locality_weighted_lb_config: {}
+load_assignment:
+  cluster_name: c
+  policy: {overprovisioning_factor: 200}
+  endpoints:
+  - locality: {region: r, zone: z1}
+    load_balancing_weight: 3
+    lb_endpoints:
+    - endpoint: {address: {socket_address: {address: a.example, port_value: 80}}}
+      load_balancing_weight: 5
+  - priority: 1
+    lb_endpoints:
+    - endpoint: {address: {socket_address: {address: 10.0.0.9, port_value: 81}}}",
+        );
+        let Discovery::StrictDns(dns) = &cluster.discovery else {
+            panic!("STRICT_DNS: {:?}", cluster.discovery)
+        };
+        assert_eq!(dns.refresh_rate, Duration::from_secs(2));
+        assert!(dns.respect_ttl);
+        assert_eq!(dns.lookup_family, DnsLookupFamily::V4Only);
+        assert_eq!(
+            dns.failure_refresh,
+            Some((Duration::from_secs(1), Duration::from_secs(10)))
+        );
+        assert_eq!(dns.resolvers, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(
+            cluster.lb_policy,
+            LbPolicy::RingHash {
+                minimum_ring_size: 64,
+                maximum_ring_size: 4096
+            }
+        );
+        assert_eq!(cluster.common_lb.healthy_panic_threshold, 30.0, "truncated");
+        assert!(cluster.common_lb.locality_weighted);
+        assert_eq!(cluster.overprovisioning_factor, 200);
+        assert!(cluster.endpoints.is_empty(), "only STATIC fills endpoints");
+        let [first, second] = &cluster.localities[..] else {
+            panic!("two localities")
+        };
+        assert_eq!((first.priority, first.weight), (0, Some(3)));
+        assert_eq!(first.locality.zone, "z1");
+        assert_eq!(
+            first.endpoints[0].address,
+            EndpointAddress::Dns {
+                hostname: "a.example".into(),
+                port: 80
+            }
+        );
+        assert_eq!(first.endpoints[0].weight, 5);
+        assert_eq!(second.priority, 1);
+        assert_eq!(
+            second.endpoints[0].address,
+            EndpointAddress::Socket("10.0.0.9:81".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn defaults_follow_envoy() {
+        let cluster = load(&format!("type: STRICT_DNS\n{DNS_ENDPOINT}"));
+        let Discovery::StrictDns(dns) = &cluster.discovery else {
+            panic!()
+        };
+        assert_eq!(dns, &model::Dns::default());
+        assert_eq!(dns.refresh_rate, Duration::from_secs(5));
+        assert_eq!(dns.lookup_family, DnsLookupFamily::Auto);
+        assert_eq!(cluster.common_lb.healthy_panic_threshold, 50.0);
+        assert_eq!(cluster.overprovisioning_factor, 140);
+        let least = load("lb_policy: LEAST_REQUEST");
+        assert_eq!(least.lb_policy, LbPolicy::LEAST_REQUEST);
+        let ring = load("lb_policy: RING_HASH");
+        assert_eq!(ring.lb_policy, LbPolicy::RING_HASH);
+        let configured = load(
+            "lb_policy: LEAST_REQUEST
+least_request_lb_config: {choice_count: 4, active_request_bias: {default_value: 0.5, runtime_key: \"\"}}",
+        );
+        assert_eq!(
+            configured.lb_policy,
+            LbPolicy::LeastRequest {
+                choice_count: 4,
+                active_request_bias: 0.5
+            }
+        );
+    }
+
+    #[test]
+    fn logical_dns_and_original_dst() {
+        let logical = load(&format!("type: LOGICAL_DNS\n{DNS_ENDPOINT}"));
+        assert!(matches!(logical.discovery, Discovery::LogicalDns(_)));
+        let original = load(
+            "type: ORIGINAL_DST
+lb_policy: CLUSTER_PROVIDED
+cleanup_interval: 30s
+original_dst_lb_config: {use_http_header: true, upstream_port_override: 8080}",
+        );
+        let Discovery::OriginalDst(settings) = &original.discovery else {
+            panic!()
+        };
+        assert!(settings.use_http_header);
+        assert_eq!(settings.header_name, "x-envoy-original-dst-host");
+        assert_eq!(settings.port_override, Some(8080));
+        assert_eq!(settings.cleanup_interval, Duration::from_secs(30));
+        assert_eq!(original.lb_policy, LbPolicy::ClusterProvided);
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let two_endpoints = "load_assignment:
+  cluster_name: c
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {address: {socket_address: {address: a.example, port_value: 80}}}
+    - endpoint: {address: {socket_address: {address: b.example, port_value: 80}}}";
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                &format!("type: STATIC\n{DNS_ENDPOINT}"),
+                "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address",
+                "not an IP address",
+            ),
+            (
+                &format!("type: LOGICAL_DNS\n{two_endpoints}"),
+                "load_assignment.endpoints",
+                "a single locality with a single lb_endpoint",
+            ),
+            (
+                "type: ORIGINAL_DST",
+                "lb_policy",
+                "ROUND_ROBIN is not valid for cluster type ORIGINAL_DST",
+            ),
+            (
+                "lb_policy: CLUSTER_PROVIDED",
+                "lb_policy",
+                "CLUSTER_PROVIDED is not valid for cluster type STATIC",
+            ),
+            (
+                "type: ORIGINAL_DST\nlb_policy: CLUSTER_PROVIDED\nload_assignment: {cluster_name: c}",
+                "load_assignment",
+                "must have no load assignment",
+            ),
+            (
+                "common_lb_config: {zone_aware_lb_config: {}}",
+                "common_lb_config.zone_aware_lb_config",
+                "cluster_manager.local_cluster_name",
+            ),
+            (
+                "common_lb_config: {healthy_panic_threshold: {value: 150}}",
+                "common_lb_config.healthy_panic_threshold.value",
+                "not a percentage",
+            ),
+            (
+                "lb_policy: RING_HASH\nring_hash_lb_config: {hash_function: MURMUR_HASH_2}",
+                "ring_hash_lb_config.hash_function",
+                "only XX_HASH",
+            ),
+            (
+                "lb_policy: RING_HASH\nring_hash_lb_config: {minimum_ring_size: 100, maximum_ring_size: 10}",
+                "ring_hash_lb_config.minimum_ring_size",
+                "out of range",
+            ),
+            (
+                "lb_policy: RING_HASH\nring_hash_lb_config: {maximum_ring_size: 9000000}",
+                "ring_hash_lb_config.maximum_ring_size",
+                "out of range",
+            ),
+            (
+                "ring_hash_lb_config: {}",
+                "ring_hash_lb_config",
+                "only used with lb_policy RING_HASH",
+            ),
+            (
+                "lb_policy: LEAST_REQUEST\nleast_request_lb_config: {choice_count: 1}",
+                "least_request_lb_config.choice_count",
+                "minimum of 2",
+            ),
+            (
+                "dns_refresh_rate: 1s",
+                "dns_refresh_rate",
+                "only used by STRICT_DNS and LOGICAL_DNS clusters",
+            ),
+            (
+                "cleanup_interval: 1s",
+                "cleanup_interval",
+                "only used by ORIGINAL_DST clusters",
+            ),
+            (
+                "load_assignment: {cluster_name: c, policy: {overprovisioning_factor: 0}}",
+                "load_assignment.policy.overprovisioning_factor",
+                "greater than 0",
+            ),
+            (
+                "type: EDS",
+                "type",
+                "EDS clusters come with xDS",
+            ),
+        ];
+        for (body, field, what) in cases {
+            expect_error(body, field, what);
+        }
+    }
+}
