@@ -73,7 +73,8 @@ impl Connection {
         };
         let pick = PickContext {
             hash: hash.value,
-            original_dst: cluster.original_destination(&parts.headers, stream.info.downstream_local),
+            original_dst: cluster
+                .original_destination(&parts.headers, stream.info.downstream_local),
             ..PickContext::default()
         };
         let Some(host) = cluster.pick(&pick) else {

@@ -25,6 +25,9 @@ use crate::http::{ConnectionManager, HttpError};
 use crate::model::{Balancing, Bootstrap, NetworkFilter, Protocol};
 use crate::upstream::Upstreams;
 
+/// How long serving waits for the clusters' first DNS answers.
+const CLUSTER_INIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -112,8 +115,15 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
         let config = match chain.filters.as_slice() {
             [NetworkFilter::TcpProxy(config)] => config,
             [NetworkFilter::HttpConnectionManager(config)] => {
-                let upstreams =
-                    upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
+                if upstreams.is_none() {
+                    let created = Arc::new(Upstreams::new(&bootstrap.clusters));
+                    // As Envoy, serve once the clusters have their first hosts (DNS).
+                    if !created.initialized(CLUSTER_INIT_LIMIT).await {
+                        tracing::warn!("some DNS clusters have no answer yet; serving anyway");
+                    }
+                    upstreams = Some(created);
+                }
+                let upstreams = upstreams.as_ref().expect("created above");
                 let manager = ConnectionManager::new(Arc::clone(config), Arc::clone(upstreams))
                     .map_err(|source| ListenerError::Http {
                         name: listener.name.clone(),
@@ -142,6 +152,12 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
         let cluster = bootstrap
             .cluster(&config.cluster)
             .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
+        if cluster.discovery != crate::model::Discovery::Static {
+            return Err(unsupported(
+                "the userspace tcp_proxy balances STATIC clusters only; its cluster discovers \
+                 its hosts (DNS or ORIGINAL_DST)",
+            ));
+        }
         let socket = bind(listener.address).map_err(bind_error)?;
         let bound = socket.local_addr().map_err(bind_error)?;
         let proxy = Arc::new(tcp_proxy::TcpProxy::new(config.clone(), cluster));

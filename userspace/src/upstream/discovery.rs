@@ -171,7 +171,11 @@ pub(crate) async fn dns_loop(
         upstream.mark_initialized();
         drop(upstream);
 
-        failures = if failed { failures.saturating_add(1) } else { 0 };
+        failures = if failed {
+            failures.saturating_add(1)
+        } else {
+            0
+        };
         let wait = match (failed, dns.failure_refresh) {
             (true, Some((base, max))) => {
                 // Jittered exponential backoff, as Envoy's.
@@ -260,7 +264,9 @@ pub(crate) fn sweep_original_dst(upstream: &ClusterUpstream, seen: &mut HashMap<
         let total = host.stats.rq_total.load(Ordering::Relaxed);
         let busy = host.active.load(Ordering::Relaxed) > 0;
         // A host made since the last round has no entry: it is kept once.
-        let used = seen.get(&host.address).is_none_or(|&before| before != total);
+        let used = seen
+            .get(&host.address)
+            .is_none_or(|&before| before != total);
         if used || busy {
             next.insert(host.address, total);
             keep.push(Arc::clone(host));

@@ -135,7 +135,12 @@ fn generated_cookie_value(remote: SocketAddr, local: SocketAddr) -> String {
 }
 
 /// Envoy's `makeSetCookieValue` with `httponly`.
-fn set_cookie(name: &str, value: &str, ttl: std::time::Duration, path: Option<&str>) -> HeaderValue {
+fn set_cookie(
+    name: &str,
+    value: &str,
+    ttl: std::time::Duration,
+    path: Option<&str>,
+) -> HeaderValue {
     let mut cookie = format!("{name}=\"{value}\"");
     if ttl.as_secs() != 0 {
         cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
@@ -184,8 +189,16 @@ mod tests {
 
     #[test]
     fn repeated_header_values_hash_the_same_in_any_order() {
-        let a = request_hash(&[header("x-k")], &headers(&[("x-k", "b"), ("x-k", "a")]), None);
-        let b = request_hash(&[header("x-k")], &headers(&[("x-k", "a"), ("x-k", "b")]), None);
+        let a = request_hash(
+            &[header("x-k")],
+            &headers(&[("x-k", "b"), ("x-k", "a")]),
+            None,
+        );
+        let b = request_hash(
+            &[header("x-k")],
+            &headers(&[("x-k", "a"), ("x-k", "b")]),
+            None,
+        );
         assert_eq!(a.value, b.value);
         assert_eq!(a.value, Some(xxh64(b"b", xxh64(b"a", 0))));
     }
@@ -233,11 +246,13 @@ mod tests {
         assert_eq!(h.value, Some(xxh64(b"v1", 0)));
         assert_eq!(h.set_cookie, None);
 
-        let h = request_hash_for_connection(std::slice::from_ref(&policy), &HeaderMap::new(), remote, local);
-        let value = format!(
-            "{:016x}",
-            xxh64(b"127.0.0.1:40000127.0.0.1:8080", 0)
+        let h = request_hash_for_connection(
+            std::slice::from_ref(&policy),
+            &HeaderMap::new(),
+            remote,
+            local,
         );
+        let value = format!("{:016x}", xxh64(b"127.0.0.1:40000127.0.0.1:8080", 0));
         assert_eq!(h.value, Some(xxh64(value.as_bytes(), 0)));
         assert_eq!(
             h.set_cookie.unwrap(),

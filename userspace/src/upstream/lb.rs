@@ -48,7 +48,7 @@ use xxhash_rust::xxh64::xxh64;
 use super::host::Host;
 use super::PickContext;
 use crate::cluster::{maglev, random_table, round_robin_table, MAX_TABLE_LEN};
-use crate::model::{CommonLbConfig, LbPolicy, DEFAULT_OVERPROVISIONING_FACTOR};
+use crate::model::{CommonLbConfig, LbPolicy};
 use crate::observe::stats::{self, Counter, Gauge};
 
 /// Hosts scanned per pick by weighted least request.
@@ -87,7 +87,7 @@ impl LbSettings {
         LbSettings {
             policy,
             common: CommonLbConfig::default(),
-            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            overprovisioning_factor: crate::model::DEFAULT_OVERPROVISIONING_FACTOR,
             stats: None,
         }
     }
@@ -163,7 +163,10 @@ enum Picker {
     /// Random: each host repeated by weight.
     Random(Box<[u32]>),
     /// Least request over equal weights: N random choices.
-    LeastRequestChoices { hosts: Box<[u32]>, choice_count: u32 },
+    LeastRequestChoices {
+        hosts: Box<[u32]>,
+        choice_count: u32,
+    },
     /// Least request over unequal weights.
     LeastRequestWeighted { hosts: Box<[(u32, f64)]>, bias: f64 },
     /// Ring hash: (hash, host index) sorted by hash.
@@ -240,9 +243,7 @@ impl LoadBalancer {
         let levels = match &self.kind {
             Kind::Priorities(levels) => levels,
             Kind::OriginalDst(by_address) => {
-                return by_address
-                    .get(&context.original_dst?)
-                    .map(|&i| i as usize)
+                return by_address.get(&context.original_dst?).map(|&i| i as usize)
             }
             Kind::Empty => return None,
         };
@@ -394,11 +395,10 @@ fn build_priorities(
     }
     let health: Vec<u64> = (0..levels_count)
         .map(|p| {
-            if total[p] == 0 {
-                0
-            } else {
-                (factor * healthy[p] / total[p]).min(100)
-            }
+            (factor * healthy[p])
+                .checked_div(total[p])
+                .unwrap_or(0)
+                .min(100)
         })
         .collect();
     let normalized_total = health.iter().sum::<u64>().min(100);
@@ -424,7 +424,7 @@ fn build_priorities(
     } else {
         let mut remaining = 100u64;
         for p in 0..levels_count {
-            load[p] = remaining.min(health[p] * 100 / normalized_total);
+            load[p] = remaining.min((health[p] * 100).checked_div(normalized_total).unwrap_or(0));
             remaining -= load[p];
         }
         if let Some(first) = (0..levels_count).find(|&p| health[p] > 0) {
@@ -494,7 +494,12 @@ fn combined_weights(
     localities: &HostLocalities,
     eligible: &[u32],
 ) -> Vec<f64> {
-    let plain = || eligible.iter().map(|&i| f64::from(hosts[i as usize].weight)).collect();
+    let plain = || {
+        eligible
+            .iter()
+            .map(|&i| f64::from(hosts[i as usize].weight))
+            .collect()
+    };
     let hashing = matches!(
         settings.policy,
         LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
@@ -511,8 +516,13 @@ fn combined_weights(
         .iter()
         .map(|&i| {
             let locality = localities.of(i as usize);
-            let locality_weight = localities.weights.get(locality as usize).copied().unwrap_or(0);
-            f64::from(hosts[i as usize].weight) / locality_sum[&locality] * f64::from(locality_weight)
+            let locality_weight = localities
+                .weights
+                .get(locality as usize)
+                .copied()
+                .unwrap_or(0);
+            f64::from(hosts[i as usize].weight) / locality_sum[&locality]
+                * f64::from(locality_weight)
         })
         .collect()
 }
@@ -544,7 +554,13 @@ fn locality_level(
         let in_locality = |i: &&u32| localities.of(**i as usize) == locality;
         let total = members.iter().filter(in_locality).count();
         let healthy: Vec<u32> = eligible.iter().filter(in_locality).copied().collect();
-        let weight = f64::from(localities.weights.get(locality as usize).copied().unwrap_or(0));
+        let weight = f64::from(
+            localities
+                .weights
+                .get(locality as usize)
+                .copied()
+                .unwrap_or(0),
+        );
         let effective = weight * (factor * healthy.len() as f64 / total as f64).min(1.0);
         if effective <= 0.0 || healthy.is_empty() {
             continue;
@@ -595,10 +611,13 @@ impl Picker {
             slots.into_iter().map(|s| eligible[s as usize]).collect()
         };
         match policy {
-            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => {
-                Picker::RoundRobin(map(round_robin_table(&quantize(weights), MAX_TABLE_LEN)), AtomicU64::new(0))
+            LbPolicy::RoundRobin | LbPolicy::ClusterProvided => Picker::RoundRobin(
+                map(round_robin_table(&quantize(weights), MAX_TABLE_LEN)),
+                AtomicU64::new(0),
+            ),
+            LbPolicy::Random => {
+                Picker::Random(map(random_table(&quantize(weights), MAX_TABLE_LEN)))
             }
-            LbPolicy::Random => Picker::Random(map(random_table(&quantize(weights), MAX_TABLE_LEN))),
             LbPolicy::LeastRequest {
                 choice_count,
                 active_request_bias,
@@ -617,7 +636,11 @@ impl Picker {
                     )
                 } else {
                     Picker::LeastRequestWeighted {
-                        hosts: eligible.iter().copied().zip(weights.iter().copied()).collect(),
+                        hosts: eligible
+                            .iter()
+                            .copied()
+                            .zip(weights.iter().copied())
+                            .collect(),
                         bias: active_request_bias,
                     }
                 }
@@ -625,7 +648,13 @@ impl Picker {
             LbPolicy::RingHash {
                 minimum_ring_size,
                 maximum_ring_size,
-            } => Picker::Ring(ring(hosts, eligible, weights, minimum_ring_size, maximum_ring_size)),
+            } => Picker::Ring(ring(
+                hosts,
+                eligible,
+                weights,
+                minimum_ring_size,
+                maximum_ring_size,
+            )),
             LbPolicy::Maglev { table_size } => {
                 let ids: Vec<(Vec<u8>, u32)> = eligible
                     .iter()

@@ -50,8 +50,8 @@ use crate::observe::stats::{self, Counter, Gauge};
 
 pub use discovery::DnsError;
 pub use host::{HealthFlags, Host, HostStats};
-pub use lb::{HostLocalities, LbStats};
 pub(crate) use lb::{fast_random, fast_random_pair};
+pub use lb::{HostLocalities, LbStats};
 
 /// Why a request could not be sent upstream or got no response headers.
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +293,11 @@ impl ClusterUpstream {
             localities.weights.push(locality.weight.unwrap_or(0));
             for endpoint in &locality.endpoints {
                 if let model::EndpointAddress::Socket(address) = endpoint.address {
-                    hosts.push(Arc::new(Host::new(address, endpoint.weight, locality.priority)));
+                    hosts.push(Arc::new(Host::new(
+                        address,
+                        endpoint.weight,
+                        locality.priority,
+                    )));
                     localities.of_host.push(index as u32);
                 }
             }
@@ -314,11 +318,7 @@ impl ClusterUpstream {
             protocol: cluster.upstream_protocol,
             connect_timeout: cluster.connect_timeout,
             lb_policy: cluster.lb_policy,
-            hosts: ArcSwap::from_pointee(HostSet::new(
-                &lb_settings,
-                hosts,
-                Arc::new(localities),
-            )),
+            hosts: ArcSwap::from_pointee(HostSet::new(&lb_settings, hosts, Arc::new(localities))),
             lb_settings,
             update: Mutex::new(()),
             original_dst: match &cluster.discovery {
@@ -436,7 +436,9 @@ impl ClusterUpstream {
         let set = self.hosts.load();
         match set.lb.pick(&set.hosts, context) {
             Some(i) => Some(Arc::clone(&set.hosts[i])),
-            None if self.original_dst.is_some() => self.add_original_dst_host(context.original_dst?),
+            None if self.original_dst.is_some() => {
+                self.add_original_dst_host(context.original_dst?)
+            }
             None => None,
         }
     }

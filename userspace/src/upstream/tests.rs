@@ -122,7 +122,10 @@ fn cluster(name: &str, lb_policy: LbPolicy, localities: Vec<LocalityEndpoints>) 
 }
 
 /// Starts keel on 127.0.0.1:0 with `routes` over `clusters`.
-async fn start_keel(routes: Vec<Route>, clusters: &[model::Cluster]) -> (SocketAddr, Arc<Upstreams>) {
+async fn start_keel(
+    routes: Vec<Route>,
+    clusters: &[model::Cluster],
+) -> (SocketAddr, Arc<Upstreams>) {
     let upstreams = Arc::new(Upstreams::new(clusters));
     assert!(upstreams.initialized(PATIENCE).await, "clusters initialize");
     let manager = Arc::new(
@@ -137,7 +140,9 @@ async fn start_keel(routes: Vec<Route>, clusters: &[model::Cluster]) -> (SocketA
 
 /// A backend on 127.0.0.1:0 that answers every request with `name`.
 async fn start_backend(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -181,7 +186,9 @@ async fn get(keel: SocketAddr, headers: &[(&str, &str)]) -> (StatusCode, http::H
             String::from_utf8_lossy(&body).into_owned(),
         )
     };
-    tokio::time::timeout(PATIENCE, exchange).await.expect("in time")
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("in time")
 }
 
 fn socket(address: SocketAddr) -> EndpointAddress {
@@ -196,7 +203,11 @@ async fn ring_hash_sends_one_header_value_to_one_host() {
         start_backend("c").await,
     ];
     let addresses: Vec<_> = backends.iter().map(|&a| socket(a)).collect();
-    let clusters = [cluster("ring", LbPolicy::RING_HASH, vec![locality(0, &addresses)])];
+    let clusters = [cluster(
+        "ring",
+        LbPolicy::RING_HASH,
+        vec![locality(0, &addresses)],
+    )];
     let policy = HashPolicy {
         source: HashSource::Header(http::HeaderName::from_static("x-user")),
         terminal: false,
@@ -262,7 +273,10 @@ async fn maglev_cookie_is_generated_and_then_sticks() {
     for _ in 0..10 {
         let (_, headers, body) = get(keel, &[("cookie", &cookie)]).await;
         assert_eq!(body, first);
-        assert!(headers.get(http::header::SET_COOKIE).is_none(), "no new cookie");
+        assert!(
+            headers.get(http::header::SET_COOKIE).is_none(),
+            "no new cookie"
+        );
     }
 }
 
@@ -273,7 +287,10 @@ async fn priority_one_takes_traffic_when_priority_zero_is_unhealthy() {
     let clusters = [cluster(
         "failover",
         LbPolicy::RoundRobin,
-        vec![locality(0, &[socket(primary)]), locality(1, &[socket(standby)])],
+        vec![
+            locality(0, &[socket(primary)]),
+            locality(1, &[socket(standby)]),
+        ],
     )];
     let (keel, upstreams) = start_keel(vec![route_to("failover", Vec::new())], &clusters).await;
     for _ in 0..5 {
@@ -294,7 +311,10 @@ async fn priority_one_takes_traffic_when_priority_zero_is_unhealthy() {
     }
     let store = stats::global();
     assert_eq!(store.gauge("cluster.failover.membership_total").value(), 2);
-    assert_eq!(store.gauge("cluster.failover.membership_healthy").value(), 1);
+    assert_eq!(
+        store.gauge("cluster.failover.membership_healthy").value(),
+        1
+    );
     // Back to health: back to priority 0.
     assert!(host.health.clear(HealthFlags::FAILED_ACTIVE_HC));
     cluster.health_changed();
@@ -323,7 +343,11 @@ async fn strict_dns_resolves_localhost() {
     let (keel, upstreams) = start_keel(vec![route_to("dns", Vec::new())], &[c]).await;
     let hosts = upstreams.get("dns").unwrap().hosts();
     let addresses: Vec<SocketAddr> = hosts.hosts.iter().map(|h| h.address).collect();
-    assert_eq!(addresses, vec![backend], "localhost is 127.0.0.1 in /etc/hosts");
+    assert_eq!(
+        addresses,
+        vec![backend],
+        "localhost is 127.0.0.1 in /etc/hosts"
+    );
     let (status, _, body) = get(keel, &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "resolved"));
     // A refresh keeps the same host (its pool and health survive).

@@ -26,7 +26,8 @@ const ORIGINAL_DST_HOST_HEADER: &str = "x-envoy-original-dst-host";
 /// Envoy's largest ring (`ring_hash_lb_config.maximum_ring_size`).
 const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
 /// The DNS resolver extension keel reads the name servers of.
-const CARES_RESOLVER: &str = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
+const CARES_RESOLVER: &str =
+    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
 /// Envoy's default and largest Maglev table sizes.
 const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
@@ -173,17 +174,16 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         DiscoveryType::StrictDns | DiscoveryType::LogicalDns
     );
     let assignment_path = join(path, "load_assignment");
-    let (localities, overprovisioning_factor) = match &c.load_assignment {
-        Some(_) if original_dst => {
-            return Err(ConfigError::field(
+    let (localities, overprovisioning_factor) =
+        match &c.load_assignment {
+            Some(_) if original_dst => return Err(ConfigError::field(
                 assignment_path,
                 "ORIGINAL_DST clusters must have no load assignment (their hosts come from each \
                  request's original destination)",
-            ))
-        }
-        Some(assignment) => load_assignment(assignment, &assignment_path, dns_names)?,
-        None => (Vec::new(), model::DEFAULT_OVERPROVISIONING_FACTOR),
-    };
+            )),
+            Some(assignment) => load_assignment(assignment, &assignment_path, dns_names)?,
+            None => (Vec::new(), model::DEFAULT_OVERPROVISIONING_FACTOR),
+        };
     let endpoints = if discovery_type == DiscoveryType::Static {
         localities
             .iter()
@@ -215,7 +215,9 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
             }
             model::Discovery::LogicalDns(dns()?)
         }
-        DiscoveryType::OriginalDst => model::Discovery::OriginalDst(original_dst_settings(c, path)?),
+        DiscoveryType::OriginalDst => {
+            model::Discovery::OriginalDst(original_dst_settings(c, path)?)
+        }
         DiscoveryType::Eds => unreachable!("rejected above"),
     };
     if !dns_names {
@@ -393,7 +395,10 @@ fn dns_settings(c: &cluster::Cluster, path: &str) -> Result<model::Dns> {
         let failure_path = join(path, "dns_failure_refresh_rate");
         let base_path = join(&failure_path, "base_interval");
         let Some(base) = &failure.base_interval else {
-            return Err(ConfigError::field(base_path, "missing; give the first retry delay"));
+            return Err(ConfigError::field(
+                base_path,
+                "missing; give the first retry delay",
+            ));
         };
         let base = duration(base, &base_path)?;
         if base < Duration::from_millis(1) {
@@ -477,10 +482,16 @@ fn dns_resolvers(config: &core::TypedExtensionConfig, path: &str) -> Result<Vec<
 fn no_dns_fields(c: &cluster::Cluster, path: &str, discovery: &str) -> Result<()> {
     let set = [
         ("dns_refresh_rate", c.dns_refresh_rate.is_some()),
-        ("dns_failure_refresh_rate", c.dns_failure_refresh_rate.is_some()),
+        (
+            "dns_failure_refresh_rate",
+            c.dns_failure_refresh_rate.is_some(),
+        ),
         ("respect_dns_ttl", c.respect_dns_ttl),
         ("dns_lookup_family", c.dns_lookup_family != 0),
-        ("typed_dns_resolver_config", c.typed_dns_resolver_config.is_some()),
+        (
+            "typed_dns_resolver_config",
+            c.typed_dns_resolver_config.is_some(),
+        ),
         ("dns_resolvers", !c.dns_resolvers.is_empty()),
     ];
     match set.iter().find(|(_, set)| *set) {
@@ -835,9 +846,13 @@ fn dns_address(address: &core::Address, dns_names: bool) -> Option<(&str, u16)> 
         return None;
     }
     let valid = name.len() <= 253
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
     match &socket.port_specifier {
         Some(core::socket_address::PortSpecifier::PortValue(port)) if valid => {
             Some((name, u16::try_from(*port).ok()?))

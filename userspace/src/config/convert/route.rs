@@ -660,7 +660,10 @@ fn hash_policies(
             Some(P::Header(header)) => {
                 let name_path = join(&item, "header.header_name");
                 if header.header_name.is_empty() {
-                    return Err(ConfigError::field(name_path, "missing; name a request header"));
+                    return Err(ConfigError::field(
+                        name_path,
+                        "missing; name a request header",
+                    ));
                 }
                 let name = if header.header_name.eq_ignore_ascii_case(":authority") {
                     "host".to_owned()

@@ -166,7 +166,10 @@ async fn strict_dns_publishes_changes_and_keeps_hosts_that_stay() {
     );
     // The cluster gone, the task ends.
     drop(upstream);
-    tokio::time::timeout(PATIENCE, task).await.expect("task ends").unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("task ends")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -184,13 +187,19 @@ async fn logical_dns_uses_the_first_address() {
 #[tokio::test]
 async fn respect_dns_ttl_refreshes_at_the_ttl() {
     let resolver = Arc::new(TableResolver::default());
-    resolver.set("ttl.test", Ok((&["10.0.0.1"], Some(Duration::from_millis(20)))));
+    resolver.set(
+        "ttl.test",
+        Ok((&["10.0.0.1"], Some(Duration::from_millis(20)))),
+    );
     let slow = model::Dns {
         refresh_rate: Duration::from_secs(60),
         ..model::Dns::default()
     };
     // Without respect_dns_ttl: one lookup per minute.
-    let (_ignored, _task) = spawn(&dns_cluster(&[("ttl.test", 0)], slow.clone(), false), &resolver);
+    let (_ignored, _task) = spawn(
+        &dns_cluster(&[("ttl.test", 0)], slow.clone(), false),
+        &resolver,
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1);
     // With it: every 20 ms.
@@ -286,8 +295,14 @@ fn original_destination_from_header_or_local_address() {
     };
     let local: SocketAddr = "10.9.9.9:8080".parse().unwrap();
     let mut headers = http::HeaderMap::new();
-    assert_eq!(original_destination(&settings, &headers, local), Some(local));
-    headers.insert("x-envoy-original-dst-host", "10.0.0.5:9000".parse().unwrap());
+    assert_eq!(
+        original_destination(&settings, &headers, local),
+        Some(local)
+    );
+    headers.insert(
+        "x-envoy-original-dst-host",
+        "10.0.0.5:9000".parse().unwrap(),
+    );
     assert_eq!(
         original_destination(&settings, &headers, local),
         Some("10.0.0.5:9000".parse().unwrap())

@@ -17,7 +17,12 @@ fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
         .collect()
 }
 
-fn counts(lb: &LoadBalancer, hosts: &[Arc<Host>], n: usize, hash: impl Fn(usize) -> Option<u64>) -> Vec<usize> {
+fn counts(
+    lb: &LoadBalancer,
+    hosts: &[Arc<Host>],
+    n: usize,
+    hash: impl Fn(usize) -> Option<u64>,
+) -> Vec<usize> {
     let mut c = vec![0; hosts.len()];
     for k in 0..n {
         let context = PickContext {
@@ -46,7 +51,9 @@ fn chi_square(observed: &[usize], shares: &[f64]) -> f64 {
 
 /// The 99.9th percentile of chi-square for up to 9 degrees of freedom.
 fn chi_square_limit(degrees: usize) -> f64 {
-    [10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88][degrees - 1]
+    [
+        10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88,
+    ][degrees - 1]
 }
 
 fn assert_distribution(observed: &[usize], shares: &[f64], what: &str) {
@@ -58,7 +65,10 @@ fn assert_distribution(observed: &[usize], shares: &[f64], what: &str) {
     );
     for (o, s) in observed.iter().zip(shares) {
         if *s == 0.0 {
-            assert_eq!(*o, 0, "{what}: {observed:?}: a host with no share was picked");
+            assert_eq!(
+                *o, 0,
+                "{what}: {observed:?}: a host with no share was picked"
+            );
         }
     }
 }
@@ -117,7 +127,11 @@ fn least_request_with_unequal_weights_divides_by_active_requests() {
     assert_distribution(&counts(&lb, &hosts, 40_000, |_| None), &[1.0, 3.0], "idle");
     // Host 1 has 2 requests: 3 / (2 + 1) = 1, as much as host 0.
     hosts[1].active.store(2, Ordering::Relaxed);
-    assert_distribution(&counts(&lb, &hosts, 40_000, |_| None), &[1.0, 1.0], "bias 1");
+    assert_distribution(
+        &counts(&lb, &hosts, 40_000, |_| None),
+        &[1.0, 1.0],
+        "bias 1",
+    );
     // Bias 2: 3 / 9 against 1.
     let lb = LoadBalancer::new(
         LbPolicy::LeastRequest {
@@ -126,7 +140,11 @@ fn least_request_with_unequal_weights_divides_by_active_requests() {
         },
         &hosts,
     );
-    assert_distribution(&counts(&lb, &hosts, 40_000, |_| None), &[3.0, 1.0], "bias 2");
+    assert_distribution(
+        &counts(&lb, &hosts, 40_000, |_| None),
+        &[3.0, 1.0],
+        "bias 2",
+    );
     // Bias 0: weights only, in round-robin order.
     let lb = LoadBalancer::new(
         LbPolicy::LeastRequest {
@@ -144,12 +162,13 @@ fn least_request_over_many_weighted_hosts_uses_a_window() {
     let hosts = hosts(&weights);
     let lb = LoadBalancer::new(LbPolicy::LEAST_REQUEST, &hosts);
     let c = counts(&lb, &hosts, 60_000, |_| None);
-    let (odd, even): (usize, usize) = (
-        c.iter().skip(1).step_by(2).sum(),
-        c.iter().step_by(2).sum(),
-    );
+    let (odd, even): (usize, usize) =
+        (c.iter().skip(1).step_by(2).sum(), c.iter().step_by(2).sum());
     let share = odd as f64 / 60_000.0;
-    assert!((share - 2.0 / 3.0).abs() < 0.01, "weight-2 hosts took {share:.3} ({even} vs {odd})");
+    assert!(
+        (share - 2.0 / 3.0).abs() < 0.01,
+        "weight-2 hosts took {share:.3} ({even} vs {odd})"
+    );
 }
 
 #[test]
@@ -161,7 +180,10 @@ fn ring_hash_follows_weights_and_keeps_keys() {
     let c = counts(&lb, &hosts, 40_000, |k| Some(xxh64(&k.to_le_bytes(), 0)));
     for (i, expected) in [0.25, 0.25, 0.5].into_iter().enumerate() {
         let share = c[i] as f64 / 40_000.0;
-        assert!((share - expected).abs() < 0.04, "host {i}: {share:.3} ({c:?})");
+        assert!(
+            (share - expected).abs() < 0.04,
+            "host {i}: {share:.3} ({c:?})"
+        );
     }
     // The same hash, the same host.
     let context = PickContext {
@@ -187,7 +209,10 @@ fn ring_hash_follows_weights_and_keeps_keys() {
     }
     // Envoy rescales the ring to the new weights (here from 1024 to 512 entries for
     // each remaining host), so some keys of the remaining hosts move too.
-    assert!(moved < 1200, "{moved} of 10000 keys moved between remaining hosts");
+    assert!(
+        moved < 1200,
+        "{moved} of 10000 keys moved between remaining hosts"
+    );
 }
 
 #[test]
@@ -208,11 +233,17 @@ fn ring_size_follows_envoys_scaling() {
         },
         &hosts,
     );
-    let Kind::Priorities(levels) = &capped.kind else { panic!() };
-    let Picker::Ring(ring) = &levels[0].pickers[0] else { panic!() };
+    let Kind::Priorities(levels) = &capped.kind else {
+        panic!()
+    };
+    let Picker::Ring(ring) = &levels[0].pickers[0] else {
+        panic!()
+    };
     assert_eq!(ring.len(), 300);
     // The entries are Envoy's: xxHash64 of "address_i".
-    assert!(ring.iter().any(|&(h, _)| h == xxh64(b"127.0.0.1:1000_0", 0)));
+    assert!(ring
+        .iter()
+        .any(|&(h, _)| h == xxh64(b"127.0.0.1:1000_0", 0)));
 }
 
 #[test]
@@ -237,7 +268,10 @@ fn hash_policies_without_a_hash_pick_at_random() {
         let c = counts(&lb, &hosts, 30_000, |_| None);
         for (i, &n) in c.iter().enumerate() {
             let share = n as f64 / 30_000.0;
-            assert!((share - 1.0 / 3.0).abs() < 0.04, "{policy:?} host {i}: {share:.3}");
+            assert!(
+                (share - 1.0 / 3.0).abs() < 0.04,
+                "{policy:?} host {i}: {share:.3}"
+            );
         }
     }
 }
@@ -327,7 +361,10 @@ fn locality_weighted_balancing_uses_effective_locality_weights() {
     let mut s = settings(LbPolicy::RoundRobin);
     s.common.locality_weighted = true;
     let lb = LoadBalancer::build(&s, &hosts, &localities);
-    assert_eq!(counts(&lb, &hosts, 8000, |_| None), vec![1000, 1000, 3000, 3000]);
+    assert_eq!(
+        counts(&lb, &hosts, 8000, |_| None),
+        vec![1000, 1000, 3000, 3000]
+    );
     // Half of locality 1 unhealthy: availability min(1, 1.4 × 1/2) = 0.7, effective
     // weight 2.1 against 1.
     hosts[3].health.set(HealthFlags::FAILED_ACTIVE_HC);
@@ -335,7 +372,10 @@ fn locality_weighted_balancing_uses_effective_locality_weights() {
     let c = counts(&lb, &hosts, 31_000, |_| None);
     assert_eq!(c[3], 0);
     let share = c[2] as f64 / 31_000.0;
-    assert!((share - 2.1 / 3.1).abs() < 0.005, "locality 1 share {share:.3} ({c:?})");
+    assert!(
+        (share - 2.1 / 3.1).abs() < 0.005,
+        "locality 1 share {share:.3} ({c:?})"
+    );
     // A locality without a weight takes nothing.
     let unweighted = HostLocalities {
         of_host: vec![0, 0, 1, 1],
@@ -367,7 +407,11 @@ fn previous_hosts_are_avoided_by_every_policy() {
                     reselect_attempts: 30,
                     ..PickContext::default()
                 };
-                assert_eq!(lb.pick(&hosts, &context), Some(1), "{policy:?} {weights:?} k={k}");
+                assert_eq!(
+                    lb.pick(&hosts, &context),
+                    Some(1),
+                    "{policy:?} {weights:?} k={k}"
+                );
             }
         }
     }
