@@ -59,6 +59,7 @@ fn chi_square_limit(degrees: usize) -> f64 {
 fn assert_distribution(observed: &[usize], shares: &[f64], what: &str) {
     let degrees = shares.iter().filter(|&&s| s > 0.0).count() - 1;
     let x2 = chi_square(observed, shares);
+    eprintln!("{what}: observed {observed:?}, expected shares {shares:?}, chi-square {x2:.2}");
     assert!(
         x2 < chi_square_limit(degrees),
         "{what}: {observed:?} against shares {shares:?}: chi-square {x2:.1}"
