@@ -574,13 +574,34 @@ fn convert_tcp_proxy(
         ));
     }
     let cluster_path = join(path, "cluster");
+    let mut weighted_clusters = Vec::new();
     let cluster = match &config.cluster_specifier {
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(ConfigError::field(
-                join(path, "weighted_clusters"),
-                "field not supported by keel",
-            ))
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+            known_cluster(name, &cluster_path, clusters)?;
+            name.clone()
+        }
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(weighted)) => {
+            let list_path = join(path, "weighted_clusters.clusters");
+            for (i, entry) in weighted.clusters.iter().enumerate() {
+                let entry_path = index(&list_path, i);
+                known_cluster(&entry.name, &join(&entry_path, "name"), clusters)?;
+                if entry.weight == 0 {
+                    return Err(ConfigError::field(
+                        join(&entry_path, "weight"),
+                        "must be at least 1",
+                    ));
+                }
+                weighted_clusters.push((entry.name.clone(), entry.weight));
+            }
+            match weighted_clusters.first() {
+                Some((first, _)) => first.clone(),
+                None => {
+                    return Err(ConfigError::field(
+                        list_path,
+                        "missing; weighted_clusters needs at least one cluster",
+                    ))
+                }
+            }
         }
         _ => {
             return Err(ConfigError::field(
@@ -589,7 +610,6 @@ fn convert_tcp_proxy(
             ))
         }
     };
-    known_cluster(cluster, &cluster_path, clusters)?;
     let idle_timeout = timeout(
         config.idle_timeout.as_ref(),
         Some(DEFAULT_IDLE_TIMEOUT),
@@ -597,7 +617,8 @@ fn convert_tcp_proxy(
     )?;
     Ok(model::TcpProxy {
         stat_prefix: config.stat_prefix.clone(),
-        cluster: cluster.clone(),
+        cluster,
+        weighted_clusters,
         idle_timeout,
     })
 }

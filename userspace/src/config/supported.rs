@@ -101,7 +101,15 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     (LISTENER_FILTER, &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster", "idle_timeout"],
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &["clusters"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
     ),
     // The HTTP connection manager.
     (

@@ -81,6 +81,7 @@ fn good_model() -> Bootstrap {
                 filters: vec![NetworkFilter::TcpProxy(TcpProxy {
                     stat_prefix: "web".into(),
                     cluster: "web".into(),
+                    weighted_clusters: Vec::new(),
                     idle_timeout: Some(Duration::from_secs(30)),
                 })],
             }],

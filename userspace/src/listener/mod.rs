@@ -36,7 +36,7 @@ use crate::http::{ConnectionManager, HttpError};
 use crate::model::listener::ListenerFilters;
 use crate::model::{Balancing, Bootstrap, FilterChain, Listener, NetworkFilter, Protocol};
 use crate::observe::stats::{self, Counter};
-use crate::upstream::Upstreams;
+use crate::upstream::{fast_random, Upstreams};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +187,8 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
 #[derive(Debug)]
 enum ChainHandler {
     Http(Arc<ConnectionManager>),
-    Tcp(Arc<tcp_proxy::TcpProxy>),
+    /// One proxy per cluster of the tcp_proxy, with its weight.
+    Tcp(Vec<(Arc<tcp_proxy::TcpProxy>, u32)>),
 }
 
 /// Builds the handler of one chain; HTTP chains share one set of upstreams.
@@ -203,12 +204,24 @@ fn chain_handler(
     };
     match chain.filters.as_slice() {
         [NetworkFilter::TcpProxy(config)] => {
-            let cluster = bootstrap
-                .cluster(&config.cluster)
-                .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
-            let proxy = tcp_proxy::TcpProxy::new(config.clone(), cluster)
-                .with_buffer_limit(listener.buffer_limit);
-            Ok(ChainHandler::Tcp(Arc::new(proxy)))
+            let single = [(config.cluster.clone(), 1)];
+            let split = if config.weighted_clusters.is_empty() {
+                &single[..]
+            } else {
+                &config.weighted_clusters[..]
+            };
+            let proxies = split
+                .iter()
+                .map(|(name, weight)| {
+                    let cluster = bootstrap
+                        .cluster(name)
+                        .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
+                    let proxy = tcp_proxy::TcpProxy::new(config.clone(), cluster)
+                        .with_buffer_limit(listener.buffer_limit);
+                    Ok((Arc::new(proxy), *weight))
+                })
+                .collect::<Result<Vec<_>, ListenerError>>()?;
+            Ok(ChainHandler::Tcp(proxies))
         }
         [NetworkFilter::HttpConnectionManager(config)] => {
             let upstreams =
@@ -293,9 +306,25 @@ impl ServedListener {
         };
         match handler {
             ChainHandler::Http(manager) => Arc::clone(manager).serve_connection(stream, peer).await,
-            ChainHandler::Tcp(proxy) => proxy.handle(stream, peer).await,
+            ChainHandler::Tcp(proxies) => pick_weighted(proxies).handle(stream, peer).await,
         }
     }
+}
+
+/// One of `choices`, at random in proportion to the weights (all ≥ 1).
+fn pick_weighted<T>(choices: &[(T, u32)]) -> &T {
+    if let [(only, _)] = choices {
+        return only;
+    }
+    let total: u64 = choices.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut point = fast_random() % total.max(1);
+    for (choice, weight) in choices {
+        if point < u64::from(*weight) {
+            return choice;
+        }
+        point -= u64::from(*weight);
+    }
+    &choices[choices.len() - 1].0
 }
 
 /// A listener's address as Envoy writes it in stat names: `:` becomes `_`

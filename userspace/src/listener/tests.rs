@@ -150,3 +150,20 @@ async fn listener_filters_timeout_closes_or_continues() {
     let (_listeners, keel) = start(&continuing, &chains).await;
     assert_eq!(greeting(keel, None, b"").await, "a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_weighted_clusters_split_connections() {
+    let chains = "    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: split, weighted_clusters: {clusters: [{name: a, weight: 3}, {name: b, weight: 1}]}}\n";
+    let (_listeners, keel) = start("", chains).await;
+    let mut to_a = 0;
+    const N: usize = 200;
+    for _ in 0..N {
+        match greeting(keel, None, b"").await.as_str() {
+            "a" => to_a += 1,
+            "b" => {}
+            other => panic!("unexpected backend {other:?}"),
+        }
+    }
+    // 3:1 over 200 connections: mean 150, sd ~6.1; 5 sd either way.
+    assert!((120..=180).contains(&to_a), "{to_a} of {N} went to a");
+}

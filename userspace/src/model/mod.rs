@@ -112,8 +112,13 @@ pub enum NetworkFilter {
 pub struct TcpProxy {
     /// `stat_prefix`.
     pub stat_prefix: String,
-    /// `cluster`: the upstream cluster's name (checked to exist).
+    /// `cluster`: the upstream cluster's name (checked to exist); with
+    /// `weighted_clusters`, the first of them.
     pub cluster: String,
+    /// `weighted_clusters.clusters`: (name, weight), each checked to exist; empty
+    /// when a single `cluster` is given. Each connection goes to one of them, picked
+    /// at random in proportion to the weights.
+    pub weighted_clusters: Vec<(String, u32)>,
     /// `idle_timeout`: 1 hour when left out (Envoy's default); `None` when `0s`
     /// disables it.
     pub idle_timeout: Option<Duration>,
