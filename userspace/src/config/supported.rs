@@ -227,9 +227,14 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "auto_host_rewrite",
             "timeout",
             "idle_timeout",
+            "upgrade_configs",
             "request_mirror_policies",
             "retry_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster",

@@ -20,7 +20,7 @@
 //! hands the socket to hyper's HTTP/1 or HTTP/2 server directly (no rewind buffer);
 //! only a client that sent part of the preface and paused goes through hyper-util's
 //! auto-detecting server. HTTP/1 connections are upgradeable only when
-//! `upgrade_configs` allows websocket.
+//! `upgrade_configs` (of the connection manager or of a route) allow websocket.
 //!
 //! Connection timeouts: `request_headers_timeout` is hyper's HTTP/1 header read
 //! timeout (which also bounds how long an idle keep-alive connection waits for its
@@ -126,7 +126,11 @@ pub struct ConnectionManager {
     access_logs: Vec<AccessLogger>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
+    /// `upgrade_configs` of the connection manager allow websocket.
     upgrade_websocket: bool,
+    /// Some route or the connection manager allows websocket: HTTP/1 connections
+    /// are served upgradeable.
+    upgradeable: bool,
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For the rare client that pauses inside the HTTP/2 preface.
@@ -257,6 +261,17 @@ impl ConnectionManager {
             .initial_connection_window_size(config.http2.initial_connection_window_size)
             .max_header_list_size(config.max_request_headers_kb.saturating_mul(1024));
 
+        let upgrade_websocket = config.upgrade_types.iter().any(|t| t == "websocket");
+        let upgradeable = upgrade_websocket
+            || config.route_config.virtual_hosts.iter().any(|vhost| {
+                vhost.routes.iter().any(|route| match &route.action {
+                    RouteAction::Forward(forward) => forward
+                        .upgrades
+                        .iter()
+                        .any(|(kind, enabled)| *enabled && kind == "websocket"),
+                    _ => false,
+                })
+            });
         Ok(ConnectionManager {
             routes,
             route_extras,
@@ -265,12 +280,28 @@ impl ConnectionManager {
             access_logs,
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
-            upgrade_websocket: config.upgrade_types.iter().any(|t| t == "websocket"),
+            upgrade_websocket,
+            upgradeable,
             h1,
             h2,
             auto,
             config,
         })
+    }
+
+    /// Whether a websocket upgrade may go through `route`: its `upgrade_configs`
+    /// decide when they name websocket, else the connection manager's (Envoy's
+    /// `createUpgradeFilterChain`).
+    fn websocket_allowed(&self, route: &crate::model::http::Route) -> bool {
+        let by_route = match &route.action {
+            RouteAction::Forward(forward) => forward
+                .upgrades
+                .iter()
+                .find(|(kind, _)| kind == "websocket")
+                .map(|(_, enabled)| *enabled),
+            _ => None,
+        };
+        by_route.unwrap_or(self.upgrade_websocket)
     }
 
     /// The configuration served.
@@ -339,7 +370,7 @@ impl ConnectionManager {
             Some(Codec::Http1) => {
                 self.stats.downstream_cx_http1_total.inc();
                 let connection = self.h1.serve_connection(io, unboxed);
-                if self.upgrade_websocket {
+                if self.upgradeable {
                     conn.drive(connection.with_upgrades()).await;
                 } else {
                     conn.drive(connection).await;

@@ -26,6 +26,10 @@ use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::{fast_random, ClusterUpstream, UpstreamError, WireProtocol};
 
+/// The host a host rewrite replaced (Envoy's `x-envoy-original-host`).
+const X_ENVOY_ORIGINAL_HOST: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-original-host");
+
 /// Frames a mirror may lag behind its request before it is cut off.
 const MIRROR_BACKLOG: usize = 64;
 
@@ -84,18 +88,18 @@ impl Connection {
                 parts.headers.insert(ORIGINAL_PATH_HEADER, value);
             }
         }
-        match &forward.host_rewrite {
-            HostRewrite::None => {}
-            HostRewrite::Literal(host) => {
-                if let Ok(value) = HeaderValue::from_str(host) {
-                    set_authority(&mut parts, value);
-                }
+        // As Envoy's `updateAuthority` (the router's `suppress_envoy_headers` is not
+        // supported, so always): the host it replaces goes to x-envoy-original-host.
+        let new_host = match &forward.host_rewrite {
+            HostRewrite::None => None,
+            HostRewrite::Literal(host) => HeaderValue::from_str(host).ok(),
+            HostRewrite::Auto => HeaderValue::from_str(&address.to_string()).ok(),
+        };
+        if let Some(value) = new_host {
+            if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST, old);
             }
-            HostRewrite::Auto => {
-                if let Ok(value) = HeaderValue::from_str(&address.to_string()) {
-                    set_authority(&mut parts, value);
-                }
-            }
+            set_authority(&mut parts, value);
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
         if let Some(expected) = &extras.expected_timeout {
@@ -141,6 +145,9 @@ impl Connection {
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         }
         let request = Request::from_parts(parts, body);
+        // From here the body is the upstream request's to read.
+        let mut meta = meta;
+        meta.body_unread = false;
         let sent_at = Instant::now();
         let send = async {
             if upgrade {
@@ -182,25 +189,35 @@ impl Connection {
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
-                head.headers.insert(
-                    X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
-                );
+                // Envoy leaves it off a 101 (its upgrade path skips the router's
+                // response header decoration).
+                if !upgraded {
+                    head.headers.insert(
+                        X_ENVOY_UPSTREAM_SERVICE_TIME,
+                        millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
+                    );
+                }
                 selected.apply_response_headers(
                     &mut head.headers,
                     &FormatContext::new(&stream.info).with_scheme(SCHEME),
                 );
                 hcm.headers.mutate_response(&mut head.headers, upgraded);
                 let mut meta = meta;
-                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take())
-                {
-                    splice(downstream, upstream);
-                }
+                let upgrade_pair = match (upstream_upgrade, meta.upgrade.take()) {
+                    (Some(upstream), Some(downstream)) => Some((downstream, upstream)),
+                    _ => None,
+                };
                 let response = Response::from_parts(head, Body::Incoming(body));
-                if meta.filters_ran == 0 {
-                    return self.finish_response(stream, response);
+                let mut response = if meta.filters_ran == 0 {
+                    self.finish_response(stream, response)
+                } else {
+                    Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                };
+                if let Some((downstream, upstream)) = upgrade_pair {
+                    // The stream lives on with the spliced connections.
+                    splice(downstream, upstream, response.body_mut().take_stream());
                 }
-                Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                response
             }
             Ok(Err(error)) => {
                 let reply = upstream_failure(&error);
@@ -445,21 +462,53 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
     }
 }
 
-/// Splices an upgraded downstream connection with the upgraded upstream one.
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// Splices an upgraded downstream connection with the upgraded upstream one; the
+/// stream ends (and is logged) when both directions have ended, with the bytes
+/// each way as its bytes received and sent, and `DC` when the downstream closed
+/// first (as Envoy logs an upgraded stream).
+fn splice(downstream: OnUpgrade, upstream: OnUpgrade, mut stream: StreamGuard) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use tokio::io::AsyncWriteExt;
+    const DOWNSTREAM: u8 = 1;
+    const UPSTREAM: u8 = 2;
     tokio::spawn(async move {
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!("upgrade failed: {e}");
-                return;
+                return; // Dropping the stream ends it.
             }
         };
-        let mut downstream = TokioIo::new(downstream);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        let (mut down_read, mut down_write) = tokio::io::split(TokioIo::new(downstream));
+        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
+        let closed_first = AtomicU8::new(0);
+        let to_upstream = async {
+            let copied = tokio::io::copy(&mut down_read, &mut up_write).await;
+            let _ = closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = up_write.shutdown().await;
+            copied
+        };
+        let to_downstream = async {
+            let copied = tokio::io::copy(&mut up_read, &mut down_write).await;
+            let _ = closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = down_write.shutdown().await;
+            copied
+        };
+        let (received, sent) = tokio::join!(to_upstream, to_downstream);
+        if let Err(e) = received.as_ref().and(sent.as_ref()) {
             tracing::debug!("upgraded stream ended: {e}");
         }
+        let at = match stream.request {
+            RequestState::Complete { at, .. } => at,
+            RequestState::Pending(_) => Instant::now(),
+        };
+        stream.request = RequestState::Complete {
+            bytes: received.unwrap_or(0),
+            complete: true,
+            at,
+        };
+        stream.info.bytes_sent += sent.unwrap_or(0);
+        stream.finish(closed_first.load(Ordering::Relaxed) != DOWNSTREAM);
     });
 }
 

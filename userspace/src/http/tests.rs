@@ -92,6 +92,7 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         host_rewrite: HostRewrite::None,
         timeout,
         idle_timeout: None,
+        upgrades: Vec::new(),
         mirrors: Vec::new(),
         retry_policy: None,
     }))
@@ -694,6 +695,7 @@ async fn future_sizes() {
         filters_ran: 0,
         random: 0,
         upgrade: None,
+        body_unread: false,
     };
     let forward_future = conn.forward(
         stream,

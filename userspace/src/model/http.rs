@@ -327,6 +327,9 @@ pub struct ForwardAction {
     /// `stream_idle_timeout` applies); `Some(Duration::ZERO)` when `0s` disables idle
     /// timeouts for this route, the stream idle timeout included (as in Envoy).
     pub idle_timeout: Option<Duration>,
+    /// `upgrade_configs`: (upgrade type lower-cased, `enabled`); one named here
+    /// overrides the connection manager's `upgrade_configs` for this route.
+    pub upgrades: Vec<(String, bool)>,
     /// `request_mirror_policies`: (cluster, parts per million of requests).
     pub mirrors: Vec<(String, u32)>,
     /// `retry_policy` (filled in by the upstream work).

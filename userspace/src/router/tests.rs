@@ -24,6 +24,7 @@ fn forward(cluster: &str) -> ForwardAction {
         host_rewrite: HostRewrite::None,
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
+        upgrades: Vec::new(),
         mirrors: Vec::new(),
         retry_policy: None,
     }

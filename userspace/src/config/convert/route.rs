@@ -637,6 +637,7 @@ fn forward(
             &join(path, "timeout"),
         )?,
         idle_timeout,
+        upgrades: route_upgrades(&action.upgrade_configs, &join(path, "upgrade_configs"))?,
         mirrors,
         retry_policy: action
             .retry_policy
@@ -644,6 +645,43 @@ fn forward(
             .map(|p| retry_policy(p, &join(path, "retry_policy")))
             .transpose()?,
     })
+}
+
+/// A route's `upgrade_configs`: (lower-cased type, `enabled`, default true), each type
+/// once.
+fn route_upgrades(
+    upgrades: &[route::route_action::UpgradeConfig],
+    path: &str,
+) -> Result<Vec<(String, bool)>> {
+    let mut out: Vec<(String, bool)> = Vec::with_capacity(upgrades.len());
+    for (i, upgrade) in upgrades.iter().enumerate() {
+        let type_path = join(&index(path, i), "upgrade_type");
+        let upgrade_type = upgrade.upgrade_type.to_ascii_lowercase();
+        if upgrade_type.is_empty() {
+            return Err(ConfigError::field(
+                type_path,
+                "missing; name the upgrade, e.g. websocket",
+            ));
+        }
+        if !upgrade_type.bytes().all(is_token_byte) {
+            return Err(ConfigError::field(
+                type_path,
+                format!(
+                    "\"{}\" is not a valid Upgrade token (letters, digits and !#$%&'*+-.^_`|~)",
+                    upgrade.upgrade_type
+                ),
+            ));
+        }
+        if out.iter().any(|(t, _)| *t == upgrade_type) {
+            return Err(ConfigError::field(
+                type_path,
+                format!("duplicate upgrade type \"{upgrade_type}\"; give each upgrade once"),
+            ));
+        }
+        let enabled = upgrade.enabled.as_ref().is_none_or(|b| b.value);
+        out.push((upgrade_type, enabled));
+    }
+    Ok(out)
 }
 
 // Envoy still accepts the deprecated fields read here, so keel does too.
