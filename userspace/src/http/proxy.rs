@@ -484,13 +484,15 @@ fn splice(downstream: OnUpgrade, upstream: OnUpgrade, mut stream: StreamGuard) {
         let closed_first = AtomicU8::new(0);
         let to_upstream = async {
             let copied = tokio::io::copy(&mut down_read, &mut up_write).await;
-            let _ = closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ =
+                closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
             let _ = up_write.shutdown().await;
             copied
         };
         let to_downstream = async {
             let copied = tokio::io::copy(&mut up_read, &mut down_write).await;
-            let _ = closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ =
+                closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
             let _ = down_write.shutdown().await;
             copied
         };

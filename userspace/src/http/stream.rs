@@ -446,8 +446,8 @@ impl hyper::body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        let complete = self.inner.is_end_stream()
-            || self.stream.0.as_deref().is_some_and(|s| s.head_request);
+        let complete =
+            self.inner.is_end_stream() || self.stream.0.as_deref().is_some_and(|s| s.head_request);
         self.stream.finish(complete);
     }
 }
