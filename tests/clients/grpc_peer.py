@@ -15,7 +15,9 @@ stdin closes. Methods:
   Cancelled     replies b"<number of Slow calls that saw their cancellation>"
 
 `client <port>`: runs every kind of call through 127.0.0.1:<port> (keel) and prints one
-JSON object with what it saw; calls that fail are reported, not raised.
+JSON object with what it saw; calls that fail are reported, not raised. A call with the
+metadata x-keel-deadline is expected to meet a route whose max_stream_duration takes
+the grpc-timeout less an offset.
 """
 
 import json
@@ -191,6 +193,18 @@ def run_client(port):
         except grpc.RpcError as e:
             out["deadline"] = error_of(e)
         out["deadline"]["elapsed_ms"] = int((time.monotonic() - started) * 1000)
+
+        # keel's own deadline: the route takes grpc-timeout less 0.7 s, so keel ends the
+        # call (DEADLINE_EXCEEDED with its message) before the client's 1 s deadline.
+        started = time.monotonic()
+        try:
+            method(channel, "unary_unary", "Slow")(
+                b"3000", timeout=1.0, metadata=(("x-keel-deadline", "offset"),)
+            )
+            out["keel_deadline"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            out["keel_deadline"] = error_of(e)
+        out["keel_deadline"]["elapsed_ms"] = int((time.monotonic() - started) * 1000)
 
         # The upstream call must have been cancelled too (keel reset it).
         seen = "0"

@@ -1,7 +1,7 @@
 //! Real clients through keel: curl (HTTP/1.1 and h2c by prior knowledge, with bodies
 //! and streamed uploads), h2load and nghttp (HTTP/2 load and the SETTINGS keel sends),
 //! a grpcio client and server (unary, server and client streaming, bidi, metadata,
-//! trailers, errors, deadlines), and a `websockets` client and echo server through
+//! trailers, errors, deadlines, keel's own deadline from grpc-timeout), and a `websockets` client and echo server through
 //! keel's `upgrade_configs`.
 //!
 //! Each test starts `target/debug/keel` on a bootstrap of its own, on loopback, with
@@ -539,7 +539,12 @@ fn grpc_client_and_server_through_keel() {
         "grpc",
         &bootstrap(
             "",
-            "- match: {prefix: \"/\", grpc: {}}\n  route: {cluster: grpc_app}",
+            "- match: {prefix: \"/\", grpc: {}, headers: [{name: x-keel-deadline, present_match: true}]}
+  route:
+    cluster: grpc_app
+    max_stream_duration: {grpc_timeout_header_max: 0s, grpc_timeout_header_offset: 0.7s}
+- match: {prefix: \"/\", grpc: {}}
+  route: {cluster: grpc_app}",
             &[("grpc_app", server.port, true)],
         ),
     );
@@ -586,6 +591,22 @@ fn grpc_client_and_server_through_keel() {
     assert!(
         (250..2_000).contains(&elapsed),
         "a 300 ms deadline took {elapsed} ms"
+    );
+    // keel honours grpc-timeout: it answered DEADLINE_EXCEEDED itself, well before
+    // the client's own 1 s deadline.
+    let keel_deadline = &seen["keel_deadline"];
+    assert_eq!(
+        keel_deadline["code"], "DEADLINE_EXCEEDED",
+        "{keel_deadline}"
+    );
+    assert_eq!(
+        keel_deadline["details"], "downstream duration timeout",
+        "keel's reply, not the client's own deadline: {keel_deadline}"
+    );
+    let elapsed = keel_deadline["elapsed_ms"].as_u64().unwrap();
+    assert!(
+        (250..900).contains(&elapsed),
+        "1 s less 0.7 s took {elapsed} ms"
     );
     assert!(
         seen["upstream_cancelled"].as_u64().unwrap() >= 1,

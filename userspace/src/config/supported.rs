@@ -228,8 +228,17 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "timeout",
             "idle_timeout",
             "upgrade_configs",
+            "max_stream_duration",
             "request_mirror_policies",
             "retry_policy",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &[
+            "max_stream_duration",
+            "grpc_timeout_header_max",
+            "grpc_timeout_header_offset",
         ],
     ),
     (

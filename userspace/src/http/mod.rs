@@ -32,16 +32,18 @@
 //! Stream timeouts, as Envoy: the route `timeout` runs from the end of the request to
 //! the end of the response (504, flag UT, before response headers; a reset after);
 //! `stream_idle_timeout` or the route's `idle_timeout` (flag SI), `request_timeout`
-//! (408 while the request is incomplete) and `max_stream_duration`, each answering 408
-//! while the request is still arriving and 504 once it is complete. One timer serves
+//! (408 while the request is incomplete) and `max_stream_duration` (the connection
+//! manager's, or the route's `max_stream_duration`, which may take a gRPC request's
+//! `grpc-timeout` and then rewrites that header to the limit), each answering 408
+//! while the request is still arriving and 504 once it is complete (gRPC: status 4). One timer serves
 //! them all per stream, re-armed lazily and reused across a connection's streams.
 //!
 //! Known differences from Envoy 1.40, by design or not done yet:
 //! - while a request body streams in, the stream is not checked for idleness (only
 //!   `request_timeout` bounds a stalled upload);
 //! - too many headers on HTTP/2 gets a 431 reply rather than a stream reset;
-//! - `grpc-timeout` is ignored, as Envoy does without
-//!   `max_stream_duration.grpc_timeout_header_max` (not in the model yet);
+//! - (as Envoy) `grpc-timeout` is honoured only on routes whose `max_stream_duration`
+//!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
 //! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no

@@ -21,10 +21,49 @@ use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
-use crate::model::http::{ForwardAction, HostRewrite};
+use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::{fast_random, ClusterUpstream, UpstreamError, WireProtocol};
+
+/// gRPC's deadline header.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// Envoy's `Grpc::Common::getGrpcTimeout`: at most 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`); sub-millisecond units round up to whole milliseconds.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_millis(n.div_ceil(1_000)),
+        b'n' => Duration::from_millis(n.div_ceil(1_000_000)),
+        _ => return None,
+    })
+}
+
+/// Envoy's `Grpc::Common::toGrpcTimeout`: milliseconds, or a coarser unit when the
+/// value does not fit in 8 digits.
+fn grpc_timeout_value(limit: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut value = limit.as_millis();
+    let mut unit = 'm';
+    for (next, factor) in [('S', 1000), ('M', 60), ('H', 60)] {
+        if value <= MAX {
+            break;
+        }
+        value /= factor;
+        unit = next;
+    }
+    HeaderValue::from_str(&format!("{}{unit}", value.min(MAX)))
+        .expect("digits and a unit are a valid header value")
+}
 
 /// The host a host rewrite replaced (Envoy's `x-envoy-original-host`).
 const X_ENVOY_ORIGINAL_HOST: http::HeaderName =
@@ -100,6 +139,9 @@ impl Connection {
                 parts.headers.insert(X_ENVOY_ORIGINAL_HOST, old);
             }
             set_authority(&mut parts, value);
+        }
+        if let Some(limits) = &forward.max_stream_duration {
+            self.route_stream_duration(&mut stream, &mut parts, limits, meta.grpc);
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
         if let Some(expected) = &extras.expected_timeout {
@@ -230,6 +272,43 @@ impl Connection {
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
         }
+    }
+
+    /// Applies a route's `max_stream_duration` to the stream, as Envoy's
+    /// `refreshDurationTimeout`: the limit runs from the stream's start, and a gRPC
+    /// request's `grpc-timeout` is set to it (removed when there is none).
+    fn route_stream_duration(
+        &self,
+        stream: &mut StreamGuard,
+        parts: &mut http::request::Parts,
+        limits: &RouteStreamDuration,
+        grpc: bool,
+    ) {
+        let grpc_timeout = if grpc {
+            parts
+                .headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
+        let limit = limits.limit(grpc_timeout, self.hcm.config.timeouts.max_stream_duration);
+        if grpc {
+            match limit {
+                Some(limit) => {
+                    parts
+                        .headers
+                        .insert(GRPC_TIMEOUT, grpc_timeout_value(limit));
+                }
+                None => {
+                    parts.headers.remove(GRPC_TIMEOUT);
+                }
+            }
+        }
+        let start = stream.info.start;
+        stream
+            .timers
+            .set_max_stream(limit.map(|limit| start + limit));
     }
 
     /// The local reply for a timer that fired before the response started.
@@ -524,6 +603,60 @@ mod tests {
         assert_eq!(shadow_host("example.com:8080"), "example.com-shadow:8080");
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            parse_grpc_timeout(b"200m"),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"1500u"), Some(Duration::from_millis(2)));
+        assert_eq!(parse_grpc_timeout(b"1n"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout(b"123456789m"), None, "9 digits");
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+        assert_eq!(grpc_timeout_value(Duration::from_secs(5)), "5000m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        let limits = RouteStreamDuration {
+            max_stream_duration: Some(Duration::from_secs(3)),
+            grpc_timeout_header_max: Some(Duration::from_secs(10)),
+            grpc_timeout_header_offset: Some(Duration::from_millis(9_800)),
+        };
+        let hcm = Some(Duration::from_secs(60));
+        assert_eq!(
+            limits.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_millis(200)),
+            "capped at 10 s, less the offset"
+        );
+        assert_eq!(
+            limits.limit(None, hcm),
+            Some(Duration::from_secs(3)),
+            "no grpc-timeout: the route's limit"
+        );
+        let uncapped = RouteStreamDuration {
+            max_stream_duration: Some(Duration::ZERO),
+            grpc_timeout_header_max: Some(Duration::ZERO),
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(
+            uncapped.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            uncapped.limit(None, hcm),
+            None,
+            "zero disables the HCM's limit"
+        );
+        let inherit = RouteStreamDuration {
+            max_stream_duration: None,
+            grpc_timeout_header_max: None,
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(inherit.limit(Some(Duration::from_secs(1)), hcm), hcm);
     }
 
     #[test]

@@ -101,6 +101,12 @@ impl Timers {
         }
     }
 
+    /// Replaces the stream's duration limit (a route's `max_stream_duration`);
+    /// `None` removes it.
+    pub(crate) fn set_max_stream(&mut self, deadline: Option<Instant>) {
+        self.max_stream = deadline;
+    }
+
     /// The response started: `request_timeout` no longer applies.
     pub(crate) fn response_started(&mut self) {
         self.request_deadline = None;

@@ -93,6 +93,7 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         timeout,
         idle_timeout: None,
         upgrades: Vec::new(),
+        max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
     }))

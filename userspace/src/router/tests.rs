@@ -25,6 +25,7 @@ fn forward(cluster: &str) -> ForwardAction {
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
         upgrades: Vec::new(),
+        max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
     }

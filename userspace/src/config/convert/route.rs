@@ -626,24 +626,57 @@ fn forward(
         mirrors.push((mirror.cluster.clone(), ppm));
     }
 
+    let route_timeout = timeout(
+        action.timeout.as_ref(),
+        Some(DEFAULT_ROUTE_TIMEOUT),
+        &join(path, "timeout"),
+    )?;
+    let max_stream_duration = action
+        .max_stream_duration
+        .as_ref()
+        .map(|d| stream_duration(d, &join(path, "max_stream_duration")))
+        .transpose()?;
     Ok(m::ForwardAction {
         cluster,
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,
-        timeout: timeout(
-            action.timeout.as_ref(),
-            Some(DEFAULT_ROUTE_TIMEOUT),
-            &join(path, "timeout"),
-        )?,
+        // With max_stream_duration Envoy's router applies no route timeout (and sends
+        // no x-envoy-expected-rq-timeout-ms): the stream duration limit replaces it.
+        timeout: if max_stream_duration.is_some() {
+            None
+        } else {
+            route_timeout
+        },
         idle_timeout,
         upgrades: route_upgrades(&action.upgrade_configs, &join(path, "upgrade_configs"))?,
+        max_stream_duration,
         mirrors,
         retry_policy: action
             .retry_policy
             .as_ref()
             .map(|p| retry_policy(p, &join(path, "retry_policy")))
             .transpose()?,
+    })
+}
+
+/// `RouteAction.max_stream_duration`.
+fn stream_duration(
+    limits: &route::route_action::MaxStreamDuration,
+    path: &str,
+) -> Result<m::RouteStreamDuration> {
+    let field = |d: &Option<envoy_types::pb::google::protobuf::Duration>, name: &str| {
+        d.as_ref()
+            .map(|d| duration(d, &join(path, name)))
+            .transpose()
+    };
+    Ok(m::RouteStreamDuration {
+        max_stream_duration: field(&limits.max_stream_duration, "max_stream_duration")?,
+        grpc_timeout_header_max: field(&limits.grpc_timeout_header_max, "grpc_timeout_header_max")?,
+        grpc_timeout_header_offset: field(
+            &limits.grpc_timeout_header_offset,
+            "grpc_timeout_header_offset",
+        )?,
     })
 }
 
