@@ -33,6 +33,12 @@ impl Keel {
     /// Starts keel on `config`, where `{port}` is replaced by a free listener port and
     /// `{access_log}` by a file in the test's folder; waits until the listener accepts.
     fn start(test: &str, config: &str) -> Keel {
+        Keel::start_program(test, config, false)
+    }
+
+    /// Like [`Keel::start`], with Envoy 1.40 (the differential tests' binary) instead
+    /// of keel when `envoy` is set.
+    fn start_program(test: &str, config: &str, envoy: bool) -> Keel {
         let dir = target_dir().join("clients").join(test);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -45,7 +51,15 @@ impl Keel {
         let path = dir.join("bootstrap.yaml");
         std::fs::write(&path, &config).expect("write the bootstrap");
         let log = std::fs::File::create(dir.join("keel.log")).expect("create keel.log");
-        let child = Command::new(keel_tests::keel_binary())
+        let mut command = if envoy {
+            let mut c = Command::new(keel_tests::diff::envoy_binary());
+            let base_id = std::process::id() * 20 + 19;
+            c.args(["--log-level", "warn", "--base-id", &base_id.to_string()]);
+            c
+        } else {
+            Command::new(keel_tests::keel_binary())
+        };
+        let child = command
             .arg("-c")
             .arg(&path)
             .args(["--concurrency", "2"])
@@ -681,4 +695,207 @@ fn websocket_client_and_echo_server_through_keel() {
         "the upgraded bytes are counted: {}",
         lines[0]
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 max_concurrent_streams, against Envoy.
+
+/// A client that opens more streams than keel's SETTINGS allow (after acknowledging
+/// them) gets the excess streams refused with RST_STREAM REFUSED_STREAM (RFC 9113
+/// §5.1.2; a client may retry them) while the others are served; none of the refused
+/// ones reaches the upstream. Envoy 1.40, run alongside, enforces the same limit more
+/// bluntly: it closes the whole connection (a documented difference).
+#[test]
+fn h2_streams_beyond_max_concurrent_streams_are_refused() {
+    let app = Upstream::start("app");
+    let config = bootstrap(
+        "http2_protocol_options: {max_concurrent_streams: 4}",
+        "- match: {prefix: \"/\"}\n  route: {cluster: app}",
+        &[("app", app.port(), false)],
+    );
+    let mut outcomes = Vec::new();
+    for envoy in [true, false] {
+        let proxy = Keel::start_program(
+            if envoy {
+                "streams-envoy"
+            } else {
+                "streams-keel"
+            },
+            &config,
+            envoy,
+        );
+        let outcome = raw_h2::open_streams(proxy.addr(), 7, 300);
+        let reached = app.take_records().len();
+        outcomes.push((outcome, reached));
+    }
+    let ((envoy, envoy_reached), (keel, keel_reached)) = (&outcomes[0], &outcomes[1]);
+    eprintln!("envoy: {envoy:?}, {envoy_reached} at the upstream");
+    eprintln!("keel:  {keel:?}, {keel_reached} at the upstream");
+    assert_eq!(envoy.max_concurrent_streams, Some(4), "{envoy:?}");
+    assert!(
+        envoy.served <= 4 && *envoy_reached <= 4,
+        "Envoy enforces the limit too: {envoy:?}"
+    );
+
+    assert_eq!(keel.max_concurrent_streams, Some(4), "{keel:?}");
+    assert_eq!(keel.served, 4, "the first 4 streams are served: {keel:?}");
+    assert_eq!(
+        keel.resets.get(&raw_h2::REFUSED_STREAM),
+        Some(&3),
+        "the 3 excess streams are refused: {keel:?}"
+    );
+    assert_eq!(keel.goaway, None, "the connection stays up: {keel:?}");
+    assert_eq!(*keel_reached, 4, "refused streams never reach the upstream");
+}
+
+/// Just enough HTTP/2 to open streams without regard for the peer's limits.
+mod raw_h2 {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 1;
+    const ACK: u8 = 1;
+    const END_HEADERS: u8 = 4;
+    /// The RST_STREAM error code of a stream the server did not process.
+    pub const REFUSED_STREAM: u32 = 7;
+
+    /// What became of the streams.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Outcome {
+        /// SETTINGS_MAX_CONCURRENT_STREAMS of the server, if it sent one.
+        pub max_concurrent_streams: Option<u32>,
+        /// Streams answered with response headers.
+        pub served: usize,
+        /// RST_STREAM error codes received, and how many of each.
+        pub resets: BTreeMap<u32, usize>,
+        /// GOAWAY error code, if one came.
+        pub goaway: Option<u32>,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// HPACK "literal header field without indexing, new name", no Huffman.
+    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.push(0);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+
+    fn read_frame(stream: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        if let Err(e) = stream.read_exact(&mut head) {
+            if std::env::var_os("KEEL_RAW_H2_DEBUG").is_some() {
+                eprintln!("raw h2: read: {e}");
+            }
+            return None;
+        }
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).ok()?;
+        Some((head[3], head[4], id, payload))
+    }
+
+    /// Connects, exchanges SETTINGS (both acknowledged), then opens `count` GET
+    /// streams at once (the upstream answers each after `delay_ms`), and reads until
+    /// every stream is answered or reset, a GOAWAY, or 10 s.
+    pub fn open_streams(addr: SocketAddr, count: u32, delay_ms: u32) -> Outcome {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        stream.write_all(&hello).unwrap();
+        let mut outcome = Outcome {
+            max_concurrent_streams: None,
+            served: 0,
+            resets: BTreeMap::new(),
+            goaway: None,
+        };
+        let (mut got_settings, mut got_ack) = (false, false);
+        while !(got_settings && got_ack) {
+            let (kind, flags, _, payload) = read_frame(&mut stream).expect("server SETTINGS");
+            if kind != SETTINGS {
+                continue;
+            }
+            if flags & ACK != 0 {
+                got_ack = true;
+            } else {
+                got_settings = true;
+                for setting in payload.chunks_exact(6) {
+                    if u16::from_be_bytes([setting[0], setting[1]]) == 3 {
+                        outcome.max_concurrent_streams = Some(u32::from_be_bytes([
+                            setting[2], setting[3], setting[4], setting[5],
+                        ]));
+                    }
+                }
+                stream.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap();
+            }
+        }
+        let mut burst = Vec::new();
+        for i in 0..count {
+            let mut block = Vec::new();
+            literal(&mut block, ":method", "GET");
+            literal(&mut block, ":scheme", "http");
+            literal(&mut block, ":path", &format!("/stream/{i}"));
+            literal(&mut block, ":authority", "streams.local");
+            literal(&mut block, "x-test-delay-ms", &delay_ms.to_string());
+            burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1 + 2 * i, &block));
+        }
+        stream.write_all(&burst).unwrap();
+        let mut done = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.len() < count as usize && Instant::now() < deadline {
+            let Some((kind, flags, id, payload)) = read_frame(&mut stream) else {
+                eprintln!("raw h2: connection ended");
+                break;
+            };
+            if std::env::var_os("KEEL_RAW_H2_DEBUG").is_some() {
+                eprintln!(
+                    "raw h2: frame type {kind} flags {flags:#x} stream {id} {}",
+                    payload.len()
+                );
+            }
+            match kind {
+                HEADERS if id != 0 => {
+                    outcome.served += 1;
+                    if flags & END_STREAM != 0 {
+                        done.insert(id);
+                    }
+                }
+                DATA if flags & END_STREAM != 0 => {
+                    done.insert(id);
+                }
+                RST_STREAM if payload.len() == 4 => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    *outcome.resets.entry(code).or_default() += 1;
+                    done.insert(id);
+                }
+                GOAWAY if payload.len() >= 8 => {
+                    outcome.goaway = Some(u32::from_be_bytes([
+                        payload[4], payload[5], payload[6], payload[7],
+                    ]));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        outcome
+    }
 }

@@ -42,6 +42,9 @@
 //! - while a request body streams in, the stream is not checked for idleness (only
 //!   `request_timeout` bounds a stalled upload);
 //! - too many headers on HTTP/2 gets a 431 reply rather than a stream reset;
+//! - an HTTP/2 client that opens more streams than `max_concurrent_streams` gets the
+//!   excess ones refused (RST_STREAM REFUSED_STREAM, hyper's h2) and the others served;
+//!   Envoy 1.40 closes the whole connection;
 //! - (as Envoy) `grpc-timeout` is honoured only on routes whose `max_stream_duration`
 //!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
