@@ -132,7 +132,10 @@ impl Connection {
         let new_host = match &forward.host_rewrite {
             HostRewrite::None => None,
             HostRewrite::Literal(host) => HeaderValue::from_str(host).ok(),
-            HostRewrite::Auto => HeaderValue::from_str(&address.to_string()).ok(),
+            // Envoy rewrites to the chosen host's hostname, and a STATIC endpoint (the
+            // only kind keel has; `endpoint.hostname` is not supported) has none: the
+            // host stays.
+            HostRewrite::Auto => None,
         };
         if let Some(value) = new_host {
             if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {

@@ -402,7 +402,9 @@ pub enum HostRewrite {
     None,
     /// `host_rewrite_literal`.
     Literal(String),
-    /// `auto_host_rewrite`: the upstream endpoint's address (or hostname).
+    /// `auto_host_rewrite`: the upstream host's hostname, which only DNS clusters (or
+    /// `endpoint.hostname`) give; for keel's STATIC endpoints the host stays, as in
+    /// Envoy.
     Auto,
 }
 
