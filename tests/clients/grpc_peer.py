@@ -194,12 +194,12 @@ def run_client(port):
             out["deadline"] = error_of(e)
         out["deadline"]["elapsed_ms"] = int((time.monotonic() - started) * 1000)
 
-        # keel's own deadline: the route takes grpc-timeout less 0.7 s, so keel ends the
-        # call (DEADLINE_EXCEEDED with its message) before the client's 1 s deadline.
+        # keel's own deadline: the route takes grpc-timeout less 1.7 s, so keel ends the
+        # call (DEADLINE_EXCEEDED with its message) before the client's 2 s deadline.
         started = time.monotonic()
         try:
             method(channel, "unary_unary", "Slow")(
-                b"3000", timeout=1.0, metadata=(("x-keel-deadline", "offset"),)
+                b"5000", timeout=2.0, metadata=(("x-keel-deadline", "offset"),)
             )
             out["keel_deadline"] = {"code": "OK"}
         except grpc.RpcError as e:
