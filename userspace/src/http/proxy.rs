@@ -234,9 +234,8 @@ impl Connection {
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
-                // Envoy leaves it off a 101 (its upgrade path skips the router's
-                // response header decoration).
-                if !upgraded {
+                // Envoy leaves it off the answer to an upgrade request, 101 or not.
+                if !upgrade {
                     head.headers.insert(
                         X_ENVOY_UPSTREAM_SERVICE_TIME,
                         millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
@@ -247,6 +246,12 @@ impl Connection {
                     &FormatContext::new(&stream.info).with_scheme(SCHEME),
                 );
                 hcm.headers.mutate_response(&mut head.headers, upgraded);
+                if upgrade && !upgraded {
+                    // The upstream refused the upgrade: as Envoy, the connection closes
+                    // (the request never completes as a plain HTTP/1.1 request).
+                    head.headers
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let mut meta = meta;
                 let upgrade_pair = match (upstream_upgrade, meta.upgrade.take()) {
                     (Some(upstream), Some(downstream)) => Some((downstream, upstream)),
