@@ -11,7 +11,8 @@
 //! - answers gRPC (`content-type: application/grpc...`) the way a gRPC server does: 200,
 //!   one length-prefixed message (the JSON record) and the trailers `grpc-status` and
 //!   `grpc-message`;
-//! - answers `Upgrade: websocket` with 101 and then echoes every byte it reads;
+//! - answers `Upgrade: websocket` with 101 and then echoes every byte it reads (unless
+//!   `x-test-status` asks for another answer);
 //! - obeys test headers, which it also records (they are part of what it received):
 //!   `x-test-status: 503` (status), `x-test-delay-ms: 200` (wait before answering),
 //!   `x-test-response-header: name=value` (repeatable; adds a response header) and
@@ -234,7 +235,9 @@ async fn answer(
         .iter()
         .any(|v| v.starts_with("application/grpc"));
 
-    if is_websocket {
+    // A websocket request with `x-test-status` is answered like any other request
+    // (an upstream that refuses the upgrade).
+    if is_websocket && status.is_none() {
         let on_upgrade = hyper::upgrade::on(&mut request);
         log.lock().expect("upstream log lock").push(record);
         tokio::spawn(async move {

@@ -272,9 +272,23 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "auto_host_rewrite",
             "timeout",
             "idle_timeout",
+            "upgrade_configs",
+            "max_stream_duration",
             "request_mirror_policies",
             "retry_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &[
+            "max_stream_duration",
+            "grpc_timeout_header_max",
+            "grpc_timeout_header_offset",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster",
