@@ -603,6 +603,7 @@ const PREFIX_FIELDS: &[&str] = &[
     "upstream.consistent_by.",
     "access_log.",
     "stat.",
+    "gauge.",
 ];
 
 fn check_field(field: &str) -> Result<(), String> {
@@ -1830,6 +1831,8 @@ struct Observed {
     lines: Vec<String>,
     /// Changes of admin `/stats` values over the request or group (when asked for).
     stats: Option<BTreeMap<String, i64>>,
+    /// Admin `/stats` values after the request or group (when asked for).
+    stats_after: Option<BTreeMap<String, i64>>,
 }
 
 /// `value xN; other xM`: how often each value occurred (sorted by value).
@@ -1878,6 +1881,10 @@ fn observed_value(
     let group = outcomes.len() > 1;
     if let Some(name) = field.strip_prefix("stat.") {
         let value = observed.stats.as_ref()?.get(name).map(|v| v.to_string());
+        return apply_mode(value, mode);
+    }
+    if let Some(name) = field.strip_prefix("gauge.") {
+        let value = observed.stats_after.as_ref()?.get(name).map(|v| v.to_string());
         return apply_mode(value, mode);
     }
     if field == "upstream.distinct" {
@@ -2071,7 +2078,9 @@ fn observe(
         }
     }
     if let Some(before) = before {
-        observed.stats = Some(stat_deltas(&before, &proxy.stats()));
+        let after = proxy.stats();
+        observed.stats = Some(stat_deltas(&before, &after));
+        observed.stats_after = Some(after);
     }
     observed
 }
@@ -2169,8 +2178,9 @@ pub fn run_case(
                 }
             }
         }
-        let want_stats = fields.iter().any(|(f, _)| f.starts_with("stat."))
-            || spec.expect.keys().any(|f| f.starts_with("stat."));
+        let is_stat = |f: &str| f.starts_with("stat.") || f.starts_with("gauge.");
+        let want_stats =
+            fields.iter().any(|(f, _)| is_stat(f)) || spec.expect.keys().any(|f| is_stat(f));
         let (observed_a, observed_b) = if spec.concurrent.is_some() {
             // Each proxy gets its whole group at once, one proxy after the other.
             let oa = observe(&runtime, &mut a, spec, has_log, want_stats);
@@ -2191,10 +2201,14 @@ pub fn run_case(
                 }
             }
             if let Some(before) = before_a {
-                oa.stats = Some(stat_deltas(&before, &a.stats()));
+                let after = a.stats();
+                oa.stats = Some(stat_deltas(&before, &after));
+                oa.stats_after = Some(after);
             }
             if let (Some(before), Some(b), Some(ob)) = (before_b, b.as_ref(), ob.as_mut()) {
-                ob.stats = Some(stat_deltas(&before, &b.stats()));
+                let after = b.stats();
+                ob.stats = Some(stat_deltas(&before, &after));
+                ob.stats_after = Some(after);
             }
             (oa, ob)
         };
