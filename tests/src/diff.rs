@@ -1038,11 +1038,15 @@ impl Proxy {
         SocketAddr::from(([127, 0, 0, 1], self.listeners[name]))
     }
 
+    /// What reached the upstreams since the last call, in arrival order.
     fn take_records(&self) -> Vec<Record> {
-        self.upstreams
+        let mut records: Vec<Record> = self
+            .upstreams
             .iter()
             .flat_map(Upstream::take_records)
-            .collect()
+            .collect();
+        records.sort_by_key(|r| r.seq);
+        records
     }
 
     /// New complete access-log lines; waits up to `wait` for at least one (only briefly

@@ -80,7 +80,14 @@ pub struct Record {
     pub trailers: BTreeMap<String, Vec<String>>,
     /// The address the request came from (the proxy's upstream connection).
     pub peer: String,
+    /// When it arrived, as a number that grows across all upstreams of the process
+    /// (orders the tries of one request over several upstreams); not sent back.
+    #[serde(skip)]
+    pub seq: u64,
 }
+
+/// Numbers records in arrival order across every upstream.
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 
 impl Record {
     /// The values of header `name` (lower-case), empty when absent.
@@ -436,6 +443,7 @@ async fn answer_recorded(
         body_length: 0,
         trailers: BTreeMap::new(),
         peer: peer.to_string(),
+        seq: ARRIVALS.fetch_add(1, Ordering::SeqCst),
     };
     let first = |name: &str| record.header(name).first().cloned();
     // Whether status, delay and reset apply to this request on this upstream.
