@@ -108,6 +108,10 @@ pub struct DiffersOnPurpose {
     /// Only for this request (by name); all requests when absent.
     #[serde(default)]
     pub request: Option<String>,
+    /// Only for these requests (instead of `request`); in `known_gaps` each of them must
+    /// still differ, so that the list shrinks as keel catches up.
+    #[serde(default)]
+    pub requests: Vec<String>,
     /// Why keel differs from Envoy here.
     pub why: String,
     /// Known gaps with `what: config` only: text keel's rejection must contain (the
@@ -455,9 +459,15 @@ fn check_case(case: &Case) -> Result<(), String> {
                 d.what
             ));
         }
-        if let Some(r) = &d.request {
+        if d.request.is_some() && !d.requests.is_empty() {
+            return Err(format!("{:?}: give request or requests, not both", d.what));
+        }
+        for r in d.request.iter().chain(&d.requests) {
             if !names.contains(r.as_str()) {
-                return Err(format!("differs_on_purpose names unknown request {r:?}"));
+                return Err(format!(
+                    "differs_on_purpose/known_gaps {:?} names unknown request {r:?}",
+                    d.what
+                ));
             }
         }
         if d.mentions.is_some() && d.what != "config" {
@@ -473,7 +483,7 @@ fn check_case(case: &Case) -> Result<(), String> {
         }
     }
     for d in &case.known_gaps {
-        if d.what == "config" && d.request.is_some() {
+        if d.what == "config" && (d.request.is_some() || !d.requests.is_empty()) {
             return Err("a known gap with what: config is about the whole case; drop request".into());
         }
     }
@@ -1966,7 +1976,12 @@ fn declared<'a>(case: &'a Case, request: &str, field: &str) -> Option<&'a Differ
 impl DiffersOnPurpose {
     /// Whether this entry names `field` of `request` (`what` may end in `*`).
     fn covers(&self, request: &str, field: &str) -> bool {
-        self.request.as_deref().is_none_or(|r| r == request)
+        let request_matches = match (&self.request, self.requests.is_empty()) {
+            (Some(r), _) => r == request,
+            (None, true) => true,
+            (None, false) => self.requests.iter().any(|r| r == request),
+        };
+        request_matches
             && match self.what.strip_suffix('*') {
                 Some(prefix) => field.starts_with(prefix),
                 None => self.what == field,
@@ -1994,6 +2009,7 @@ fn apply_known_gaps(
 ) -> (Vec<String>, Vec<String>) {
     let mut known = Vec::new();
     let mut used = vec![0usize; case.known_gaps.len()];
+    let mut used_by: Vec<BTreeSet<String>> = vec![BTreeSet::new(); case.known_gaps.len()];
     let refused = report.subject_refused.clone();
     report.mismatches.retain(|m| {
         // Descriptions read `"<name>" (<method> <path> ...)`.
@@ -2009,6 +2025,7 @@ fn apply_known_gaps(
         match found {
             Some(i) => {
                 used[i] += 1;
+                used_by[i].insert(request.to_string());
                 let detail = if m.field == "config" || m.field == "startup" {
                     format!("keel refuses the bootstrap: {}", refusal_line(&m.subject))
                 } else {
@@ -2021,16 +2038,31 @@ fn apply_known_gaps(
         }
     });
     let mut listing = Vec::new();
-    for (gap, used) in case.known_gaps.iter().zip(used) {
+    for ((gap, used), used_by) in case.known_gaps.iter().zip(used).zip(&used_by) {
         let name = format!(
             "{}: {}{}",
             case.name,
             gap.what,
-            gap.request
-                .as_deref()
-                .map(|r| format!(" (request {r:?})"))
-                .unwrap_or_default()
+            match (&gap.request, gap.requests.len()) {
+                (Some(r), _) => format!(" (request {r:?})"),
+                (None, 0) => String::new(),
+                (None, 1) => format!(" (request {:?})", gap.requests[0]),
+                (None, n) => format!(" ({n} requests)"),
+            }
         );
+        let fixed: Vec<&String> = gap
+            .requests
+            .iter()
+            .filter(|r| !used_by.contains(*r))
+            .collect();
+        if used > 0 && !fixed.is_empty() {
+            report.case_errors.push(format!(
+                "case {}: known gap {name}: keel matches Envoy now for request(s) {}: remove \
+                 them from its requests",
+                case.name,
+                fixed.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
         let state = if used > 0 {
             if gap.what == "config" {
                 "keel still refuses the bootstrap".to_string()
