@@ -1981,10 +1981,11 @@ impl DiffersOnPurpose {
             (None, true) => true,
             (None, false) => self.requests.iter().any(|r| r == request),
         };
+        // `startup` is the older name of `config` (keel refused the bootstrap).
         request_matches
             && match self.what.strip_suffix('*') {
                 Some(prefix) => field.starts_with(prefix),
-                None => self.what == field,
+                None => self.what == field || (self.what == "startup" && field == "config"),
             }
     }
 }
@@ -2064,12 +2065,12 @@ fn apply_known_gaps(
             ));
         }
         let state = if used > 0 {
-            if gap.what == "config" {
+            if gap.what == "config" || gap.what == "startup" {
                 "keel still refuses the bootstrap".to_string()
             } else {
                 format!("still differs ({used} comparison(s))")
             }
-        } else if refused.is_some() && gap.what != "config" {
+        } else if refused.is_some() && gap.what != "config" && gap.what != "startup" {
             "not checked: keel refused the bootstrap".to_string()
         } else {
             let why = match (&refused, &gap.mentions) {
