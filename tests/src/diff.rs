@@ -11,6 +11,16 @@
 //! `<time>` and `<ms>`), and every mismatch of every case is collected before the runner
 //! fails with one readable report.
 //!
+//! For upstream behaviour (retries, timeouts, breakers, health checks, balancing) a case
+//! can also script its upstreams (test headers, and `steps` that flip an upstream's
+//! health, stop or restart it, or wait for health checks or an admin stat), send a
+//! request as a group (`repeat`, `concurrent`) compared as counts of values, and compare
+//! JSON access-log keys (`access_log.flags`), admin stat changes (`stat.<name>`) and
+//! hashing consistency. `known_gaps` is a ratchet: keel's listed differences are
+//! reported, not failing, and an entry that stops differing fails the run until it is
+//! removed; `what: config` covers keel refusing a bootstrap that Envoy takes, in which case
+//! Envoy alone still runs the requests so that the case's `expect` guards are checked.
+//!
 //! Environment: `KEEL_DIFF_CASE=a,b` runs only those cases; `KEEL_DIFF_SELF=1` runs Envoy
 //! against a second Envoy instead of keel (to check the harness: everything must agree,
 //! and each case's `self_check` perturbation must be noticed); `KEEL_ENVOY=/path` uses
