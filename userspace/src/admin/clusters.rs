@@ -617,3 +617,104 @@ mod health_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod live_tests {
+    //! `/clusters` over live, health-checked hosts.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use http::Method;
+
+    use super::*;
+    use crate::upstream::{health, Upstreams};
+
+    fn body(admin: &Admin, path: &str) -> String {
+        let response = handle(admin, &AdminRequest::new(Method::GET, path));
+        assert_eq!(response.status, StatusCode::OK);
+        String::from_utf8(response.body.to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clusters_show_health_flags_of_live_hosts() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = open.local_addr().map(|a| (open, a)).unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let yaml = format!(
+            r#"
+static_resources:
+  clusters:
+  - name: hc_admin
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: hc_admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
+          load_balancing_weight: 3
+    health_checks:
+    - timeout: 1s
+      interval: 60s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      initial_jitter: 0.3s
+      tcp_health_check: {{}}
+    outlier_detection: {{}}
+"#,
+            open.1.port(),
+            closed.port()
+        );
+        let bootstrap = crate::config::load_str(&yaml, crate::config::Format::Yaml).unwrap();
+        let upstreams = Arc::new(Upstreams::new(&bootstrap.clusters));
+        let admin = Admin::new(Arc::new(bootstrap), Default::default());
+        admin.set_upstreams(Some(Arc::clone(&upstreams)));
+        let (a, c) = (
+            format!("hc_admin::{}", open.1),
+            format!("hc_admin::{closed}"),
+        );
+
+        // Before the first check (initial_jitter delays it): out of rotation, as Envoy.
+        let checkers = health::start(&upstreams).unwrap();
+        let text = body(&admin, "/clusters");
+        for line in [
+            format!("{a}::health_flags::/failed_active_hc"),
+            format!("{c}::health_flags::/failed_active_hc"),
+            format!("{c}::weight::3"),
+            "hc_admin::outlier::success_rate_average::-1".to_string(),
+            "hc_admin::default_priority::max_connections::1024".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = body(&admin, "/clusters");
+            if text.contains(&format!("{a}::health_flags::healthy\n")) {
+                assert!(
+                    text.contains(&format!("{c}::health_flags::/failed_active_hc\n")),
+                    "{text}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no check passed:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let json: Value =
+            serde_json::from_str(&body(&admin, "/clusters?format=json")).expect("JSON");
+        let hosts = &json["cluster_statuses"][0]["host_statuses"];
+        assert_eq!(
+            hosts[0]["health_status"],
+            json!({"eds_health_status": "HEALTHY"})
+        );
+        assert_eq!(
+            hosts[1]["health_status"],
+            json!({"failed_active_health_check": true, "eds_health_status": "HEALTHY"})
+        );
+        drop(checkers);
+    }
+}

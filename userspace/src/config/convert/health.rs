@@ -502,6 +502,129 @@ fn outlier_detection(o: &cluster::OutlierDetection, path: &str) -> Result<m::Out
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{load_str, Format};
+    use crate::model;
+
+    /// A bootstrap with one cluster whose extra fields are `extra` (YAML at the
+    /// cluster's indentation).
+    fn load(extra: &str) -> std::result::Result<model::Cluster, String> {
+        let yaml = format!(
+            r#"
+static_resources:
+  clusters:
+  - name: web
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: web
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}}}
+{extra}"#
+        );
+        load_str(&yaml, Format::Yaml)
+            .map(|b| b.clusters[0].clone())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn health_check_with_envoys_defaults() {
+        let cluster = load(
+            r#"    health_checks:
+    - timeout: 1s
+      interval: 5s
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+      http_health_check:
+        path: /healthz
+        request_headers_to_add: [{header: {key: X-Check, value: keel}}]
+"#,
+        )
+        .unwrap();
+        let check = &cluster.health_checks[0];
+        assert_eq!(check.interval, Duration::from_secs(5));
+        assert_eq!(check.no_traffic_interval, Duration::from_secs(60));
+        assert!(check.reuse_connection);
+        let m::Checker::Http(http) = &check.checker else {
+            panic!("an HTTP check: {check:?}")
+        };
+        assert_eq!(http.expected_statuses, vec![200..201]);
+        assert_eq!(http.codec, m::HttpCodec::Http1);
+        assert_eq!(http.request_headers_to_add[0].0.as_str(), "x-check");
+        assert_eq!(cluster.outlier_detection, None);
+    }
+
+    #[test]
+    fn outlier_detection_defaults_are_envoys() {
+        let cluster = load(
+            "    outlier_detection: {}
+",
+        )
+        .unwrap();
+        assert_eq!(
+            cluster.outlier_detection,
+            Some(m::OutlierDetection::default())
+        );
+        let cluster = load(
+            "    outlier_detection: {consecutive_5xx: 3, base_ejection_time: 400s, max_ejection_percent: 50}
+",
+        )
+        .unwrap();
+        let od = cluster.outlier_detection.unwrap();
+        assert_eq!(od.consecutive_5xx, 3);
+        assert_eq!(od.max_ejection_percent, 50);
+        assert_eq!(
+            od.max_ejection_time,
+            Duration::from_secs(400),
+            "follows a larger base"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let check = |fields: &str| {
+            format!(
+                "    health_checks:\n    - timeout: 1s\n      unhealthy_threshold: 1\n      healthy_threshold: 1\n{fields}"
+            )
+        };
+        let cases = [
+            (
+                check("      tcp_health_check: {}\n"),
+                "static_resources.clusters[0].health_checks[0].interval",
+            ),
+            (
+                check("      interval: 1s\n      tcp_health_check: {send: {text: zz}}\n"),
+                "static_resources.clusters[0].health_checks[0].tcp_health_check.send.text",
+            ),
+            (
+                check("      interval: 1s\n      http_health_check: {path: /, expected_statuses: [{start: 200, end: 700}]}\n"),
+                "static_resources.clusters[0].health_checks[0].http_health_check.expected_statuses[0]",
+            ),
+            (
+                check("      interval: 1s\n      event_log_path: /tmp/hc.log\n      tcp_health_check: {}\n"),
+                "static_resources.clusters[0].health_checks[0].event_log_path",
+            ),
+            (
+                check("      interval: 1s\n      http_health_check: {}\n"),
+                "static_resources.clusters[0].health_checks[0].http_health_check.path",
+            ),
+            (
+                "    outlier_detection: {max_ejection_percent: 101}\n".to_string(),
+                "static_resources.clusters[0].outlier_detection.max_ejection_percent",
+            ),
+            (
+                "    outlier_detection: {base_ejection_time: 60s, max_ejection_time: 30s}\n".to_string(),
+                "static_resources.clusters[0].outlier_detection.max_ejection_time",
+            ),
+        ];
+        for (yaml, path) in cases {
+            let error = load(&yaml).expect_err(&yaml);
+            assert!(error.contains(path), "{yaml}: expected {path} in: {error}");
+        }
+        let two = check("      interval: 1s\n      tcp_health_check: {}\n");
+        let two = format!("{two}{}", two.replacen("    health_checks:\n", "", 1));
+        let error = load(&two).expect_err("two checks");
+        assert!(error.contains("health_checks[1]"), "{error}");
+    }
 
     #[test]
     fn hex_payloads_decode_like_envoy() {
