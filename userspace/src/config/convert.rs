@@ -18,6 +18,7 @@
 mod access_log;
 mod clusters;
 mod hcm;
+mod health;
 mod route;
 
 use std::collections::HashMap;

@@ -75,6 +75,9 @@ pub struct Listeners {
     tasks: Vec<JoinHandle<()>>,
     /// Bound addresses, in listener order (useful when a port was 0).
     pub addresses: Vec<SocketAddr>,
+    /// The clusters HTTP listeners send to, with their live hosts (also made when a
+    /// cluster is health-checked, so the checkers have hosts to check).
+    pub upstreams: Option<Arc<Upstreams>>,
 }
 
 impl Listeners {
@@ -106,7 +109,11 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
         .num_workers()
         .max(1);
     let mut listeners = Listeners::default();
-    let mut upstreams: Option<Arc<Upstreams>> = None;
+    let mut upstreams: Option<Arc<Upstreams>> = bootstrap
+        .clusters
+        .iter()
+        .any(|c| !c.health_checks.is_empty() || c.outlier_detection.is_some())
+        .then(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
     for listener in &bootstrap.listeners {
         if listener.balancing == Balancing::Kernel {
             continue;
@@ -180,6 +187,7 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
                 .push(tokio::spawn(Arc::clone(&served).accept_loop(socket)));
         }
     }
+    listeners.upstreams = upstreams;
     Ok(listeners)
 }
 

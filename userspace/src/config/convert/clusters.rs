@@ -119,12 +119,15 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         Some(assignment) => load_assignment(assignment, &join(path, "load_assignment"))?,
         None => Vec::new(),
     };
+    let (health_checks, outlier_detection) = super::health::convert(c, path)?;
     Ok(model::Cluster {
         name: c.name.clone(),
         connect_timeout,
         lb_policy,
         endpoints,
         upstream_protocol: upstream_protocol(c, path)?,
+        health_checks,
+        outlier_detection,
         ..model::Cluster::default()
     })
 }
