@@ -377,12 +377,12 @@ fn unsupported_field_names_its_path() {
     let yaml = minimal(
         "",
         CLUSTER_C,
-        "    health_checks:\n    - {timeout: 1s, interval: 5s, tcp_health_check: {}}",
+        "    lb_subset_config: {fallback_policy: ANY_ENDPOINT}",
         ENDPOINT,
     );
     expect_error(
         &yaml,
-        "static_resources.clusters[0].health_checks",
+        "static_resources.clusters[0].lb_subset_config",
         "field not supported by keel",
     );
 }
