@@ -28,8 +28,12 @@
 
 mod discovery;
 pub mod hash;
+pub mod health;
+#[cfg(test)]
+mod health_tests;
 mod host;
 mod lb;
+pub mod outlier;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -218,6 +222,8 @@ pub struct ClusterUpstream {
     pub stats: ClusterStats,
     /// `cluster.<name>.` membership and `lb_healthy_panic` stats.
     pub lb_stats: Arc<LbStats>,
+    /// Active health checking and outlier detection, where configured.
+    pub health: health::ClusterHealth,
 }
 
 /// A cluster's hosts and the load balancer built over them.
@@ -302,6 +308,7 @@ impl ClusterUpstream {
                 }
             }
         }
+        let health = health::ClusterHealth::new(cluster, &hosts);
         let lb_stats = Arc::new(LbStats::new(&cluster.name));
         let lb_settings = lb::LbSettings {
             policy: cluster.lb_policy,
@@ -328,6 +335,7 @@ impl ClusterUpstream {
             initialized: tokio::sync::watch::Sender::new(!discovered),
             stats: ClusterStats::new(&cluster.name),
             lb_stats,
+            health,
         }
     }
 
@@ -382,6 +390,7 @@ impl ClusterUpstream {
     /// Publishes a new list of hosts with their localities (service discovery).
     pub fn set_hosts_in_localities(&self, hosts: Vec<Arc<Host>>, localities: HostLocalities) {
         let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        self.health.adopt(&self.hosts.load().hosts, &hosts);
         self.hosts.store(Arc::new(HostSet::new(
             &self.lb_settings,
             hosts,
@@ -413,6 +422,9 @@ impl ClusterUpstream {
                 host::bump(&stats.rq_error);
             }
             _ => host::bump(&stats.rq_error),
+        }
+        if let Some(detector) = &self.health.outlier {
+            detector.record(host, outcome);
         }
     }
 

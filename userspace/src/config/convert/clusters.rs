@@ -233,6 +233,7 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         ));
     }
 
+    let (health_checks, outlier_detection) = super::health::convert(c, path)?;
     Ok(model::Cluster {
         name: c.name.clone(),
         connect_timeout,
@@ -243,6 +244,8 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         overprovisioning_factor,
         common_lb: common_lb_config(c.common_lb_config.as_ref(), &join(path, "common_lb_config"))?,
         upstream_protocol: upstream_protocol(c, path)?,
+        health_checks,
+        outlier_detection,
         ..model::Cluster::default()
     })
 }
