@@ -520,7 +520,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         CLUSTER_COMMON_LB,
-        &["healthy_panic_threshold", "locality_weighted_lb_config"],
+        &[
+            "healthy_panic_threshold",
+            "locality_weighted_lb_config",
+            "update_merge_window",
+        ],
     ),
     ("envoy.type.v3.Percent", &["value"]),
     (

@@ -20,8 +20,8 @@
 //!    weight (weight × min(1, factor × healthy / total), in a smooth weighted
 //!    round-robin order like Envoy's EDF scheduler), then a host by the policy:
 //!    - ROUND_ROBIN: the smooth weighted table of [`crate::cluster`], with a cursor;
-//!    - RANDOM: a uniform index into the weight-repeated table (weighted, as the
-//!      kernel does; Envoy's RANDOM ignores weights);
+//!    - RANDOM: uniform over the hosts, ignoring weights, as Envoy's (the kernel's
+//!      RANDOM is weighted);
 //!    - LEAST_REQUEST: equal weights: `choice_count` random candidates, the one with
 //!      the fewest active requests wins (P2C for 2); unequal weights: a random pick
 //!      weighted by weight / (active + 1)^active_request_bias, computed at pick time
@@ -47,7 +47,7 @@ use xxhash_rust::xxh64::xxh64;
 
 use super::host::Host;
 use super::PickContext;
-use crate::cluster::{maglev, random_table, round_robin_table, MAX_TABLE_LEN};
+use crate::cluster::{maglev, round_robin_table, MAX_TABLE_LEN};
 use crate::model::{CommonLbConfig, LbPolicy};
 use crate::observe::stats::{self, Counter, Gauge};
 
@@ -160,7 +160,7 @@ struct PriorityLevel {
 enum Picker {
     /// Round robin: a smooth weighted table of host indexes and its cursor.
     RoundRobin(Box<[u32]>, AtomicU64),
-    /// Random: each host repeated by weight.
+    /// Random: the hosts, picked uniformly.
     Random(Box<[u32]>),
     /// Least request over equal weights: N random choices.
     LeastRequestChoices {
@@ -615,9 +615,8 @@ impl Picker {
                 map(round_robin_table(&quantize(weights), MAX_TABLE_LEN)),
                 AtomicU64::new(0),
             ),
-            LbPolicy::Random => {
-                Picker::Random(map(random_table(&quantize(weights), MAX_TABLE_LEN)))
-            }
+            // Envoy's RANDOM ignores endpoint weights: uniform over the hosts.
+            LbPolicy::Random => Picker::Random(eligible.into()),
             LbPolicy::LeastRequest {
                 choice_count,
                 active_request_bias,

@@ -360,6 +360,16 @@ fn common_lb_config(
         // Envoy truncates to the nearest 1%.
         common.healthy_panic_threshold = percent.value.trunc();
     }
+    if let Some(window) = &config.update_merge_window {
+        let window_path = join(path, "update_merge_window");
+        if !duration(window, &window_path)?.is_zero() {
+            return Err(ConfigError::field(
+                window_path,
+                "keel applies host and health changes at once, as update_merge_window: 0s; \
+                 other values are not supported",
+            ));
+        }
+    }
     match &config.locality_config_specifier {
         None => {}
         Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => {
@@ -1110,6 +1120,11 @@ original_dst_lb_config: {use_http_header: true, upstream_port_override: 8080}",
                 "type: EDS",
                 "type",
                 "EDS clusters come with xDS",
+            ),
+            (
+                "common_lb_config: {update_merge_window: 1s}",
+                "common_lb_config.update_merge_window",
+                "at once",
             ),
         ];
         for (body, field, what) in cases {
