@@ -90,6 +90,8 @@ fn route_to(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
             mirrors: Vec::new(),
             retry_policy: None,
             hash_policy,
+            upgrades: Vec::new(),
+            max_stream_duration: None,
         })),
         headers: HeaderMutations::default(),
     }
