@@ -322,3 +322,112 @@ fn original_destination_from_header_or_local_address() {
 }
 
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A one-name DNS server on 127.0.0.1 (UDP): answers A queries for `name` with the
+/// current addresses and `ttl`, NODATA for anything else; counts the A queries.
+struct TinyDns {
+    address: SocketAddr,
+    answers: Arc<Mutex<Vec<std::net::Ipv4Addr>>>,
+    queries: Arc<AtomicUsize>,
+}
+
+impl TinyDns {
+    async fn start(name: &str, ttl: u32) -> TinyDns {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = socket.local_addr().unwrap();
+        let answers: Arc<Mutex<Vec<std::net::Ipv4Addr>>> = Arc::new(Mutex::new(Vec::new()));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (Arc::clone(&answers), Arc::clone(&queries));
+        let wanted: Vec<u8> = name
+            .split('.')
+            .flat_map(|label| std::iter::once(label.len() as u8).chain(label.bytes()))
+            .chain([0])
+            .collect();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let query = &buf[..n];
+                if n < 12 {
+                    continue;
+                }
+                // The question: QNAME, QTYPE, QCLASS right after the header.
+                let mut end = 12;
+                while end < n && query[end] != 0 {
+                    end += 1 + query[end] as usize;
+                }
+                let question_end = end + 5;
+                if question_end > n {
+                    continue;
+                }
+                let qname = query[12..=end].to_ascii_lowercase();
+                let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+                let addresses = if qname == wanted && qtype == 1 {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    served.lock().unwrap().clone()
+                } else {
+                    Vec::new()
+                };
+                let mut reply = Vec::with_capacity(512);
+                reply.extend_from_slice(&query[..2]); // id
+                reply.extend_from_slice(&[0x81, 0x80]); // response, RD, RA, NOERROR
+                reply.extend_from_slice(&[0, 1]); // one question
+                reply.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+                reply.extend_from_slice(&[0, 0, 0, 0]); // no authority, no additional
+                reply.extend_from_slice(&query[12..question_end]);
+                for ip in addresses {
+                    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]); // name, A, IN
+                    reply.extend_from_slice(&ttl.to_be_bytes());
+                    reply.extend_from_slice(&[0, 4]);
+                    reply.extend_from_slice(&ip.octets());
+                }
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+        TinyDns {
+            address,
+            answers,
+            queries,
+        }
+    }
+
+    fn answer(&self, ips: &[&str]) {
+        *self.answers.lock().unwrap() = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    }
+}
+
+#[tokio::test]
+async fn strict_dns_asks_the_configured_name_server_at_its_ttl() {
+    let server = TinyDns::start("svc.keel.test", 1).await;
+    server.answer(&["127.0.0.11", "127.0.0.12"]);
+    let dns = model::Dns {
+        refresh_rate: Duration::from_secs(60),
+        respect_ttl: true,
+        lookup_family: DnsLookupFamily::V4Only,
+        resolvers: vec![server.address],
+        ..model::Dns::default()
+    };
+    let cluster = dns_cluster(&[("svc.keel.test", 0)], dns.clone(), false);
+    let upstream = Arc::new(ClusterUpstream::new(&cluster));
+    let resolver: Arc<dyn Resolve> = Arc::new(HickoryResolver::new(&dns));
+    let _task = tokio::spawn(dns_loop(
+        Arc::downgrade(&upstream),
+        dns_targets(&cluster),
+        dns,
+        false,
+        resolver,
+    ));
+    tokio::time::timeout(PATIENCE, upstream.initialized())
+        .await
+        .expect("initialized");
+    assert_eq!(addresses(&upstream), ["127.0.0.11:80", "127.0.0.12:80"]);
+    // The TTL of 1 s, not the refresh rate of 60 s, paces the next question.
+    server.answer(&["127.0.0.13"]);
+    eventually("the answer after the TTL", || {
+        addresses(&upstream) == ["127.0.0.13:80"]
+    })
+    .await;
+    assert!(server.queries.load(Ordering::SeqCst) >= 2);
+}
