@@ -112,6 +112,7 @@ fn least_request_with_equal_weights_is_n_choices() {
         );
         let c = counts(&lb, &hosts, 40_000, |_| None);
         let share = c[0] as f64 / 40_000.0;
+        eprintln!("least request, {choice_count} choices: idle host {share:.4} (expected {expected:.4}), {c:?}");
         assert!(
             (share - expected).abs() < 0.015,
             "choice_count {choice_count}: idle host share {share:.3}, expected {expected:.3} ({c:?})"
@@ -180,6 +181,7 @@ fn ring_hash_follows_weights_and_keeps_keys() {
     // Hashes spread evenly over the ring: shares by weight, within the ring's
     // granularity (1024 entries for the lightest host).
     let c = counts(&lb, &hosts, 40_000, |k| Some(xxh64(&k.to_le_bytes(), 0)));
+    eprintln!("ring hash, weights 1:1:2: {c:?}");
     for (i, expected) in [0.25, 0.25, 0.5].into_iter().enumerate() {
         let share = c[i] as f64 / 40_000.0;
         assert!(
@@ -372,6 +374,7 @@ fn locality_weighted_balancing_uses_effective_locality_weights() {
     hosts[3].health.set(HealthFlags::FAILED_ACTIVE_HC);
     let lb = LoadBalancer::build(&s, &hosts, &localities);
     let c = counts(&lb, &hosts, 31_000, |_| None);
+    eprintln!("locality weights 1:3, locality 1 half healthy: {c:?}");
     assert_eq!(c[3], 0);
     let share = c[2] as f64 / 31_000.0;
     assert!(
