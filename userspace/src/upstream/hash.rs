@@ -61,7 +61,7 @@ fn walk(
     for policy in policies {
         let new = match &policy.source {
             HashSource::Header(name) => header_hash(headers, name),
-            HashSource::SourceIp => source.map(|ip| xxh64(ip.to_string().as_bytes(), 0)),
+            HashSource::SourceIp => source.map(ip_hash),
             HashSource::Cookie { name, ttl, path } => match cookie_value(headers, name) {
                 Some(value) => Some(xxh64(value, 0)),
                 None => match (ttl, connection) {
@@ -86,6 +86,18 @@ fn walk(
         }
     }
     out
+}
+
+/// xxHash64 of an IP address as text (Envoy's `addressAsString`), formatted on the
+/// stack.
+fn ip_hash(ip: IpAddr) -> u64 {
+    use std::io::Write;
+    // The longest IPv6 text is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    xxh64(&buf[..len], 0)
 }
 
 /// xxHash64 of a header's values: sorted (so their order does not matter) and chained.
@@ -225,8 +237,11 @@ mod tests {
             terminal: false,
         };
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let h = request_hash(&[policy], &HeaderMap::new(), Some(ip));
+        let h = request_hash(std::slice::from_ref(&policy), &HeaderMap::new(), Some(ip));
         assert_eq!(h.value, Some(xxh64(b"10.1.2.3", 0)));
+        let v6: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let h = request_hash(&[policy], &HeaderMap::new(), Some(v6));
+        assert_eq!(h.value, Some(xxh64(b"2001:db8::ffff:1", 0)));
     }
 
     #[test]
