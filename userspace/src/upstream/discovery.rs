@@ -80,15 +80,13 @@ pub(super) fn start(
         Discovery::Static => None,
         Discovery::StrictDns(dns) | Discovery::LogicalDns(dns) => {
             let logical = matches!(cluster.discovery, Discovery::LogicalDns(_));
-            let resolver: Arc<dyn Resolve> = Arc::new(HickoryResolver::new(dns));
             let targets = dns_targets(cluster);
-            Some(runtime.spawn(dns_loop(
-                Arc::downgrade(upstream),
-                targets,
-                dns.clone(),
-                logical,
-                resolver,
-            )))
+            let (cluster, dns) = (Arc::downgrade(upstream), dns.clone());
+            Some(runtime.spawn(async move {
+                // Built inside the runtime, which its name-server connections use.
+                let resolver: Arc<dyn Resolve> = Arc::new(HickoryResolver::new(&dns));
+                dns_loop(cluster, targets, dns, logical, resolver).await
+            }))
         }
         Discovery::OriginalDst(settings) => Some(runtime.spawn(original_dst_cleanup(
             Arc::downgrade(upstream),
