@@ -899,3 +899,63 @@ mod raw_h2 {
         outcome
     }
 }
+
+/// An upgraded (websocket) stream is subject to the stream idle timeout, as in Envoy:
+/// keel and Envoy 1.40 on the same bootstrap both close a websocket that stays silent
+/// for `stream_idle_timeout`, and log it the same way.
+#[test]
+fn idle_websocket_is_closed_by_the_stream_idle_timeout_like_envoy() {
+    let python = venv_python();
+    let server = PeerServer::start("ws_peer.py");
+    let config = bootstrap(
+        "upgrade_configs:\n- upgrade_type: websocket\nstream_idle_timeout: 1s",
+        "- match: {prefix: \"/\"}\n  route: {cluster: ws_app}",
+        &[("ws_app", server.port, false)],
+    );
+    let mut seen = Vec::new();
+    for envoy in [true, false] {
+        let proxy = Keel::start_program(
+            if envoy {
+                "ws-idle-envoy"
+            } else {
+                "ws-idle-keel"
+            },
+            &config,
+            envoy,
+        );
+        let output = run_tool(
+            Command::new(&python)
+                .arg(peer_script("ws_peer.py"))
+                .arg("idle-client")
+                .arg(format!("ws://127.0.0.1:{}/idle", proxy.port))
+                .arg("4"),
+        );
+        let outcome: serde_json::Value = serde_json::from_str(output.trim())
+            .unwrap_or_else(|e| panic!("websocket client printed {output:?}: {e}"));
+        let line = proxy.access_log_lines(1).join("\n");
+        seen.push((outcome, line));
+    }
+    let ((envoy, envoy_log), (keel, keel_log)) = (&seen[0], &seen[1]);
+    eprintln!("envoy: {envoy} {envoy_log}\nkeel:  {keel} {keel_log}");
+    assert_eq!(
+        envoy["closed"], true,
+        "Envoy closes the idle websocket: {envoy}"
+    );
+    assert_eq!(
+        keel["closed"], true,
+        "keel closes the idle websocket: {keel}"
+    );
+    let idle = keel["idle_ms"].as_u64().unwrap();
+    assert!(
+        (800..3_000).contains(&idle),
+        "closed after {idle} ms of silence"
+    );
+    // Same line but for the byte counts' exact values.
+    let shape =
+        |line: &str| -> Vec<String> { line.split(' ').take(5).map(str::to_string).collect() };
+    assert_eq!(
+        shape(keel_log),
+        shape(envoy_log),
+        "keel: {keel_log}\nenvoy: {envoy_log}"
+    );
+}

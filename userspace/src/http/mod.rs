@@ -9,7 +9,8 @@
 //! - `request`: the request pipeline (validation, header mutations, routing, local
 //!   replies, the filter chain);
 //! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
-//!   request and timeouts, upgrades (websocket splicing), request mirroring;
+//!   request and timeouts, request mirroring; `upgrade`: upgraded (websocket)
+//!   streams spliced, with their idle timeout and access log;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
 //!   response body (stats, pool release, access logs);
@@ -62,6 +63,7 @@ mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;

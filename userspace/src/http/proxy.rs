@@ -11,8 +11,6 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
@@ -265,7 +263,7 @@ impl Connection {
                 };
                 if let Some((downstream, upstream)) = upgrade_pair {
                     // The stream lives on with the spliced connections.
-                    splice(downstream, upstream, response.body_mut().take_stream());
+                    super::upgrade::splice(downstream, upstream, response.body_mut().take_stream());
                 }
                 response
             }
@@ -547,58 +545,6 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
             true
         }
     }
-}
-
-/// Splices an upgraded downstream connection with the upgraded upstream one; the
-/// stream ends (and is logged) when both directions have ended, with the bytes
-/// each way as its bytes received and sent, and `DC` when the downstream closed
-/// first (as Envoy logs an upgraded stream).
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade, mut stream: StreamGuard) {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    use tokio::io::AsyncWriteExt;
-    const DOWNSTREAM: u8 = 1;
-    const UPSTREAM: u8 = 2;
-    tokio::spawn(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!("upgrade failed: {e}");
-                return; // Dropping the stream ends it.
-            }
-        };
-        let (mut down_read, mut down_write) = tokio::io::split(TokioIo::new(downstream));
-        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
-        let closed_first = AtomicU8::new(0);
-        let to_upstream = async {
-            let copied = tokio::io::copy(&mut down_read, &mut up_write).await;
-            let _ =
-                closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
-            let _ = up_write.shutdown().await;
-            copied
-        };
-        let to_downstream = async {
-            let copied = tokio::io::copy(&mut up_read, &mut down_write).await;
-            let _ =
-                closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
-            let _ = down_write.shutdown().await;
-            copied
-        };
-        let (received, sent) = tokio::join!(to_upstream, to_downstream);
-        if let Err(e) = received.as_ref().and(sent.as_ref()) {
-            tracing::debug!("upgraded stream ended: {e}");
-        }
-        let at = match stream.request {
-            RequestState::Complete { at, .. } => at,
-            RequestState::Pending(_) => Instant::now(),
-        };
-        stream.request = RequestState::Complete {
-            bytes: received.unwrap_or(0),
-            complete: true,
-            at,
-        };
-        stream.info.bytes_sent += sent.unwrap_or(0);
-        stream.finish(closed_first.load(Ordering::Relaxed) != DOWNSTREAM);
-    });
 }
 
 #[cfg(test)]

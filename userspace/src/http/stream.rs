@@ -101,6 +101,12 @@ impl Timers {
         }
     }
 
+    /// The stream idle timeout in force (the route's `idle_timeout` or the connection
+    /// manager's `stream_idle_timeout`).
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
+    }
+
     /// Replaces the stream's duration limit (a route's `max_stream_duration`);
     /// `None` removes it.
     pub(crate) fn set_max_stream(&mut self, deadline: Option<Instant>) {
