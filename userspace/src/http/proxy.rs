@@ -22,7 +22,10 @@ use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
-use crate::upstream::{fast_random, ClusterUpstream, UpstreamError, WireProtocol};
+use crate::upstream::hash::{request_hash, RequestHash};
+use crate::upstream::{
+    fast_random, ClusterUpstream, Outcome, PickContext, UpstreamError, WireProtocol,
+};
 
 /// gRPC's deadline header.
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -99,13 +102,26 @@ impl Connection {
         if stream.log {
             stream.info.upstream_cluster = Some(cluster.name().to_owned());
         }
-        let Some(endpoint) = cluster.pick() else {
+        let hash = if forward.hash_policy.is_empty() {
+            RequestHash::default()
+        } else {
+            request_hash(
+                &forward.hash_policy,
+                &parts.headers,
+                Some(stream.info.downstream_remote.ip()),
+            )
+        };
+        let pick = PickContext {
+            hash: hash.value,
+            ..PickContext::default()
+        };
+        let Some(host) = cluster.pick(&pick) else {
             let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
                 .flag("UH")
                 .details("no_healthy_upstream");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         };
-        let address = cluster.address(endpoint);
+        let address = host.address;
         stream.info.upstream_host = Some(address);
 
         // Rewrites and the route's header mutations.
@@ -195,9 +211,9 @@ impl Connection {
         let send = async {
             if upgrade {
                 // Boxed: a new connection's future is large and upgrades are rare.
-                Box::pin(cluster.send_upgrade(endpoint, request)).await
+                Box::pin(cluster.send_upgrade(&host, request)).await
             } else {
-                cluster.send(endpoint, protocol, request).await
+                cluster.send(&host, protocol, request).await
             }
         };
         let outcome = {
@@ -222,6 +238,7 @@ impl Connection {
 
         match outcome {
             Ok(Ok((mut response, lease))) => {
+                cluster.record_outcome(&host, Outcome::Response(response.status().as_u16()));
                 let now = Instant::now();
                 if stream.log {
                     stream.info.response_duration =
@@ -244,6 +261,9 @@ impl Connection {
                     &FormatContext::new(&stream.info).with_scheme(SCHEME),
                 );
                 hcm.headers.mutate_response(&mut head.headers, upgraded);
+                if let Some(cookie) = hash.set_cookie {
+                    head.headers.append(http::header::SET_COOKIE, cookie);
+                }
                 if upgrade && !upgraded {
                     // The upstream refused the upgrade: as Envoy, the connection closes
                     // (the request never completes as a plain HTTP/1.1 request).
@@ -268,11 +288,21 @@ impl Connection {
                 response
             }
             Ok(Err(error)) => {
+                let outcome = match error {
+                    UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
+                        Outcome::ConnectFailure
+                    }
+                    _ => Outcome::Reset,
+                };
+                cluster.record_outcome(&host, outcome);
                 let reply = upstream_failure(&error);
                 tracing::debug!(cluster = cluster.name(), "{error}");
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
             Err(expiry) => {
+                if matches!(expiry, Expiry::Route) {
+                    cluster.record_outcome(&host, Outcome::Timeout);
+                }
                 let request_complete = matches!(stream.request, RequestState::Complete { .. });
                 let reply = self.timeout_reply(expiry, request_complete, cluster);
                 self.local_reply(stream, reply, &meta, Some(selected)).await
@@ -374,7 +404,7 @@ impl Connection {
             let Some(cluster) = self.hcm.upstreams.get(name) else {
                 continue;
             };
-            let Some(endpoint) = cluster.pick() else {
+            let Some(host) = cluster.pick(&PickContext::default()) else {
                 continue;
             };
             let mut head = Request::new(()).into_parts().0;
@@ -406,7 +436,7 @@ impl Connection {
                 }
                 let request = Request::from_parts(head, body);
                 let exchange = async {
-                    let (response, lease) = cluster.send(endpoint, protocol, request).await.ok()?;
+                    let (response, lease) = cluster.send(&host, protocol, request).await.ok()?;
                     let mut body = response.into_body();
                     while let Some(frame) =
                         std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))

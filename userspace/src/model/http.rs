@@ -338,6 +338,36 @@ pub struct ForwardAction {
     pub mirrors: Vec<(String, u32)>,
     /// `retry_policy` (filled in by the upstream work).
     pub retry_policy: Option<RetryPolicy>,
+    /// `hash_policy`, in order: the request hash for RING_HASH and MAGLEV clusters.
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One entry of a route's `hash_policy`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashPolicy {
+    /// What the hash is computed from.
+    pub source: HashSource,
+    /// `terminal`: a hash from this policy ends the walk through the list.
+    pub terminal: bool,
+}
+
+/// What a [`HashPolicy`] hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HashSource {
+    /// `header.header_name` (lower-cased).
+    Header(http::HeaderName),
+    /// `cookie`: the cookie's value; with a `ttl`, a cookie keel sets when the
+    /// request has none.
+    Cookie {
+        /// `name`.
+        name: String,
+        /// `ttl`: generate the cookie (with this Max-Age) when absent.
+        ttl: Option<Duration>,
+        /// `path` of a generated cookie.
+        path: Option<String>,
+    },
+    /// `connection_properties.source_ip`.
+    SourceIp,
 }
 
 /// `RouteAction.max_stream_duration`.

@@ -28,6 +28,7 @@ fn forward(cluster: &str) -> ForwardAction {
         max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
+        hash_policy: Vec::new(),
     }
 }
 

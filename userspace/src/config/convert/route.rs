@@ -657,6 +657,7 @@ fn forward(
             .as_ref()
             .map(|p| retry_policy(p, &join(path, "retry_policy")))
             .transpose()?,
+        hash_policy: Vec::new(),
     })
 }
 
