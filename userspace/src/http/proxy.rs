@@ -249,11 +249,14 @@ impl Connection {
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
-                // Envoy leaves it off the answer to an upgrade request, 101 or not.
-                if !upgrade {
+                // As Envoy's router: the time since the downstream request was complete,
+                // and none when it is not (still streaming, or an upgrade, 101 or not).
+                let request_done = stream.request_completed_at();
+                if let (false, Some(done)) = (upgrade, request_done) {
+                    let since = now.saturating_duration_since(done.max(sent_at));
                     head.headers.insert(
                         X_ENVOY_UPSTREAM_SERVICE_TIME,
-                        millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
+                        millis_value(since.as_millis() as u64),
                     );
                 }
                 selected.apply_response_headers(
@@ -264,9 +267,9 @@ impl Connection {
                 if let Some(cookie) = hash.set_cookie {
                     head.headers.append(http::header::SET_COOKIE, cookie);
                 }
-                if upgrade && !upgraded {
-                    // The upstream refused the upgrade: as Envoy, the connection closes
-                    // (the request never completes as a plain HTTP/1.1 request).
+                if meta.http1 && !upgraded && (upgrade || request_done.is_none()) {
+                    // A response before the request's end (or to an upgrade the upstream
+                    // refused) closes an HTTP/1 connection, as in Envoy.
                     head.headers
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 }
