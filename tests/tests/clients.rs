@@ -328,7 +328,9 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         ),
     );
     let dir = &keel.dir;
-    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    // 3 MB: curl sends `expect: 100-continue` over HTTP/1.1 for a body this large, and
+    // waits a second for the 100 unless the proxy sends it.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let body_file = dir.join("body.bin");
     std::fs::write(&body_file, &body).unwrap();
 
@@ -337,7 +339,12 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         let mut command = Command::new(&curl);
         command
             .args(["-sS", "--max-time", "30", version])
-            .args(["-o", "-", "-w", "\n@@%{http_code} %{http_version}"])
+            .args([
+                "-o",
+                "-",
+                "-w",
+                "\n@@%{http_code} %{http_version}@@%{time_total}",
+            ])
             .args(args);
         let output = match stdin_file {
             None => run_tool(&mut command),
@@ -350,6 +357,12 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         let (json, meta) = output
             .rsplit_once("\n@@")
             .unwrap_or_else(|| panic!("curl printed {output:?}"));
+        let (meta, seconds) = meta.split_once("@@").expect("status@@time");
+        let seconds: f64 = seconds.parse().expect("curl's time_total");
+        assert!(
+            seconds < 0.9,
+            "{version} {args:?} took {seconds} s (a 100-continue wait is 1 s)"
+        );
         let record: Record =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("upstream record {json:?}: {e}"));
         (meta.to_string(), record)
@@ -386,6 +399,11 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
             vec![body.len().to_string()]
         );
         assert_eq!(record.header("x-forwarded-proto"), vec!["http".to_string()]);
+        assert!(
+            record.header("expect").is_empty(),
+            "keel answers 100-continue itself: {:?}",
+            record.headers
+        );
         assert_eq!(
             record.header("x-request-id").len(),
             1,
@@ -593,6 +611,11 @@ fn grpc_client_and_server_through_keel() {
         .unwrap_or_else(|| panic!("the server saw no deadline: {unary}"));
     assert!((5_000..=10_500).contains(&deadline_ms), "{unary}");
 
+    assert_eq!(
+        seen["big_unary_ok"], true,
+        "a 3 MB message each way: {}",
+        seen["big_unary_ok"]
+    );
     assert_eq!(
         seen["server_stream"],
         serde_json::json!(["item-0", "item-1", "item-2", "item-3", "item-4"])
