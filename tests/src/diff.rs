@@ -622,6 +622,7 @@ const PREFIX_FIELDS: &[&str] = &[
     "response.header.",
     "trailer.",
     "upstream.header.",
+    "upstream.each.header.",
     "upstream.consistent_by.",
     "access_log.",
     "stat.",
@@ -1368,6 +1369,17 @@ impl Outcome {
                     Outcome::values(&self.headers, name)
                 } else if let Some(name) = field.strip_prefix("trailer.") {
                     Outcome::values(&self.trailers, name)
+                } else if let Some(name) = field.strip_prefix("upstream.each.header.") {
+                    Some(
+                        self.upstream
+                            .iter()
+                            .map(|r| match r.header(name) {
+                                [] => "<absent>".to_string(),
+                                values => values.join(" | "),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
                 } else if let Some(name) = field.strip_prefix("upstream.header.") {
                     first
                         .map(|r| r.header(name))
