@@ -11,7 +11,8 @@
 //! - answers gRPC (`content-type: application/grpc...`) the way a gRPC server does: 200,
 //!   one length-prefixed message (the JSON record) and the trailers `grpc-status` and
 //!   `grpc-message`;
-//! - answers `Upgrade: websocket` with 101 and then echoes every byte it reads;
+//! - answers `Upgrade: websocket` with 101 and then echoes every byte it reads (unless
+//!   `x-test-status` asks for another answer);
 //! - answers [`HEALTH_CHECK_PATH`] (`/healthz`) with its health status (200 until
 //!   [`Upstream::set_health_status`] says otherwise), counts those requests
 //!   ([`Upstream::health_checks`]) and does not record them;
@@ -487,7 +488,9 @@ async fn answer_recorded(
         .iter()
         .any(|v| v.starts_with("application/grpc"));
 
-    if is_websocket {
+    // A websocket request with `x-test-status` is answered like any other request
+    // (an upstream that refuses the upgrade).
+    if is_websocket && status.is_none() {
         let on_upgrade = hyper::upgrade::on(&mut request);
         log.lock().expect("upstream log lock").push(record);
         tokio::spawn(async move {

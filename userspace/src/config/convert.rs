@@ -16,7 +16,9 @@
 //! protocol options), `route` (the route table) and `access_log`.
 
 mod access_log;
+mod clusters;
 mod hcm;
+mod health;
 mod route;
 
 use std::collections::HashMap;
@@ -26,13 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
-use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as http_connection_manager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
-use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::google::protobuf as wkt;
 use prost::Name as _;
 use prost_reflect::DynamicMessage;
@@ -42,13 +41,12 @@ use super::keel_v1;
 use super::{descriptor_pool, index, join, parse, supported, type_url_message_name, ConfigError};
 use crate::model;
 
-/// Envoy's default `connect_timeout`.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
+const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy's default tcp_proxy `idle_timeout`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Envoy's default and largest Maglev table sizes.
-const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
-const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 /// Where keel pins its maps when `keel.v1.Datapath.bpffs_path` is empty.
 const DEFAULT_BPFFS_PATH: &str = "/sys/fs/bpf/keel";
 /// The metadata key of keel's listener options.
@@ -56,8 +54,6 @@ const KEEL_METADATA_KEY: &str = "keel";
 /// Full names of keel's own messages.
 const DATAPATH: &str = "keel.v1.Datapath";
 const LISTENER_OPTIONS: &str = "keel.v1.ListenerOptions";
-/// The key (and message) of a cluster's HTTP protocol options.
-const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// The network filters keel supports, for error messages.
 const NETWORK_FILTERS: &str = "the network filters keel supports are \
      type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy and \
@@ -128,7 +124,7 @@ fn static_resources(
             &clusters_path,
             &cluster_path,
         )?;
-        clusters.push(convert_cluster(c, &cluster_path)?);
+        clusters.push(clusters::convert_cluster(c, &cluster_path)?);
     }
 
     let listeners_path = join(path, "listeners");
@@ -263,18 +259,11 @@ fn convert_listener(
     let (address, protocol) = socket_address(address, &address_path, PortRule::AnyPort)?;
 
     let chains_path = join(path, "filter_chains");
-    if l.filter_chains.is_empty() {
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
         return Err(ConfigError::field(
             chains_path,
             "missing; a listener needs a filter chain whose last filter is envoy.filters.network.tcp_proxy \
              or envoy.filters.network.http_connection_manager",
-        ));
-    }
-    if l.filter_chains.len() > 1 {
-        return Err(ConfigError::field(
-            index(&chains_path, 1),
-            "a second filter chain would have the same (empty) filter_chain_match as the first, \
-             and keel does not support filter_chain_match yet; use one filter chain per listener",
         ));
     }
     let filter_chains = l
@@ -283,18 +272,202 @@ fn convert_listener(
         .enumerate()
         .map(|(i, chain)| filter_chain(chain, &index(&chains_path, i), clusters))
         .collect::<Result<Vec<_>>>()?;
+    for (i, chain) in filter_chains.iter().enumerate() {
+        if let Some(first) = filter_chains[..i]
+            .iter()
+            .position(|c| c.filter_chain_match == chain.filter_chain_match)
+        {
+            return Err(ConfigError::field(
+                join(&index(&chains_path, i), "filter_chain_match"),
+                format!(
+                    "the same as the filter_chain_match of filter_chains[{first}]; each filter chain \
+                     of a listener needs its own match"
+                ),
+            ));
+        }
+    }
+    let default_filter_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(|chain| filter_chain(chain, &join(path, "default_filter_chain"), clusters))
+        .transpose()?;
 
     let balancing = match &l.metadata {
         Some(metadata) => listener_balancing(metadata, &join(path, "metadata"))?,
         None => model::Balancing::Userspace,
     };
+    if balancing == model::Balancing::Kernel
+        && (filter_chains.len() != 1
+            || filter_chains[0].filter_chain_match != Default::default()
+            || default_filter_chain.is_some())
+    {
+        return Err(ConfigError::field(
+            chains_path,
+            "a kernel-balanced listener has exactly one filter chain, without filter_chain_match \
+             (the kernel sees only the destination at connect time)",
+        ));
+    }
     Ok(model::Listener {
         name: l.name.clone(),
         address,
         protocol,
         filter_chains,
+        default_filter_chain,
+        listener_filters: listener_filters(l, path)?,
+        buffer_limit: l
+            .per_connection_buffer_limit_bytes
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value),
         balancing,
     })
+}
+
+/// `listener_filters`, with their timeout.
+fn listener_filters(
+    l: &listener::Listener,
+    path: &str,
+) -> Result<model::listener::ListenerFilters> {
+    let mut filters = model::listener::ListenerFilters {
+        timeout: timeout(
+            l.listener_filters_timeout.as_ref(),
+            Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            &join(path, "listener_filters_timeout"),
+        )?,
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+        ..Default::default()
+    };
+    let filters_path = join(path, "listener_filters");
+    for (i, filter) in l.listener_filters.iter().enumerate() {
+        let filter_path = index(&filters_path, i);
+        let type_url = match &filter.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        let kind = type_url_message_name(type_url).unwrap_or(filter.name.as_str());
+        match kind {
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            | "envoy.filters.listener.tls_inspector" => filters.tls_inspector = true,
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+            | "envoy.filters.listener.http_inspector" => filters.http_inspector = true,
+            _ => {
+                return Err(ConfigError::field(
+                    filter_path,
+                    format!(
+                        "listener filter {:?} is not supported by keel; keel has \
+                         envoy.filters.listener.tls_inspector and envoy.filters.listener.http_inspector",
+                        if type_url.is_empty() { &filter.name } else { type_url }
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(filters)
+}
+
+/// `filter_chain_match`.
+fn filter_chain_match(
+    m: &listener::FilterChainMatch,
+    path: &str,
+) -> Result<model::listener::FilterChainMatch> {
+    use listener::filter_chain_match::ConnectionSourceType;
+    let destination_port = match m.destination_port {
+        None => None,
+        Some(port) => Some(
+            u16::try_from(port.value)
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| {
+                    ConfigError::field(join(path, "destination_port"), "must be a port, 1 to 65535")
+                })?,
+        ),
+    };
+    let server_names = m
+        .server_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let valid = !name.is_empty()
+                && name != "*"
+                && (!name.contains('*') || (name.starts_with("*.") && !name[1..].contains('*')));
+            if valid {
+                Ok(name.to_ascii_lowercase())
+            } else {
+                Err(ConfigError::field(
+                    index(&join(path, "server_names"), i),
+                    format!(
+                        "{name:?} is not a server name: give a name (www.example.com) or a wildcard \
+                         of a whole label (*.example.com); leave server_names out to match any"
+                    ),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let source_type = match ConnectionSourceType::try_from(m.source_type) {
+        Ok(ConnectionSourceType::Any) => model::listener::SourceType::Any,
+        Ok(ConnectionSourceType::SameIpOrLoopback) => model::listener::SourceType::SameIpOrLoopback,
+        Ok(ConnectionSourceType::External) => model::listener::SourceType::External,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "source_type"),
+                format!("unknown source type {}", m.source_type),
+            ))
+        }
+    };
+    let source_ports = m
+        .source_ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| {
+            u16::try_from(port).ok().filter(|&p| p > 0).ok_or_else(|| {
+                ConfigError::field(
+                    index(&join(path, "source_ports"), i),
+                    "must be a port, 1 to 65535",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(model::listener::FilterChainMatch {
+        destination_port,
+        prefix_ranges: cidr_ranges(&m.prefix_ranges, &join(path, "prefix_ranges"))?,
+        server_names,
+        transport_protocol: Some(m.transport_protocol.clone()).filter(|t| !t.is_empty()),
+        application_protocols: m.application_protocols.clone(),
+        direct_source_prefix_ranges: cidr_ranges(
+            &m.direct_source_prefix_ranges,
+            &join(path, "direct_source_prefix_ranges"),
+        )?,
+        source_type,
+        source_prefix_ranges: cidr_ranges(
+            &m.source_prefix_ranges,
+            &join(path, "source_prefix_ranges"),
+        )?,
+        source_ports,
+    })
+}
+
+/// A list of `CidrRange`s.
+fn cidr_ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<model::listener::CidrRange>> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let range_path = index(path, i);
+            let address: IpAddr = range.address_prefix.parse().map_err(|_| {
+                ConfigError::field(
+                    join(&range_path, "address_prefix"),
+                    format!("{:?} is not an IP address", range.address_prefix),
+                )
+            })?;
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            let prefix_len = range.prefix_len.map_or(0, |p| p.value);
+            if prefix_len > max {
+                return Err(ConfigError::field(
+                    join(&range_path, "prefix_len"),
+                    format!("{prefix_len} is longer than the address ({max} bits)"),
+                ));
+            }
+            Ok(model::listener::CidrRange::new(address, prefix_len as u8))
+        })
+        .collect()
 }
 
 fn filter_chain(
@@ -326,8 +499,13 @@ fn filter_chain(
         }
         filters.push(network_filter(filter, &filter_path, clusters)?);
     }
+    let filter_chain_match = match &chain.filter_chain_match {
+        Some(m) => filter_chain_match(m, &join(path, "filter_chain_match"))?,
+        None => Default::default(),
+    };
     Ok(model::FilterChain {
         name: chain.name.clone(),
+        filter_chain_match,
         filters,
     })
 }
@@ -397,13 +575,34 @@ fn convert_tcp_proxy(
         ));
     }
     let cluster_path = join(path, "cluster");
+    let mut weighted_clusters = Vec::new();
     let cluster = match &config.cluster_specifier {
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(ConfigError::field(
-                join(path, "weighted_clusters"),
-                "field not supported by keel",
-            ))
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+            known_cluster(name, &cluster_path, clusters)?;
+            name.clone()
+        }
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(weighted)) => {
+            let list_path = join(path, "weighted_clusters.clusters");
+            for (i, entry) in weighted.clusters.iter().enumerate() {
+                let entry_path = index(&list_path, i);
+                known_cluster(&entry.name, &join(&entry_path, "name"), clusters)?;
+                if entry.weight == 0 {
+                    return Err(ConfigError::field(
+                        join(&entry_path, "weight"),
+                        "must be at least 1",
+                    ));
+                }
+                weighted_clusters.push((entry.name.clone(), entry.weight));
+            }
+            match weighted_clusters.first() {
+                Some((first, _)) => first.clone(),
+                None => {
+                    return Err(ConfigError::field(
+                        list_path,
+                        "missing; weighted_clusters needs at least one cluster",
+                    ))
+                }
+            }
         }
         _ => {
             return Err(ConfigError::field(
@@ -412,7 +611,6 @@ fn convert_tcp_proxy(
             ))
         }
     };
-    known_cluster(cluster, &cluster_path, clusters)?;
     let idle_timeout = timeout(
         config.idle_timeout.as_ref(),
         Some(DEFAULT_IDLE_TIMEOUT),
@@ -420,7 +618,8 @@ fn convert_tcp_proxy(
     )?;
     Ok(model::TcpProxy {
         stat_prefix: config.stat_prefix.clone(),
-        cluster: cluster.clone(),
+        cluster,
+        weighted_clusters,
         idle_timeout,
     })
 }
@@ -510,349 +709,6 @@ fn value_to_json(v: &wkt::Value) -> Json {
         Some(Kind::ListValue(list)) => Json::Array(list.values.iter().map(value_to_json).collect()),
         Some(Kind::StructValue(s)) => struct_to_json(s),
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Clusters.
-
-fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model::Cluster> {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
-
-    let discovery = match &c.cluster_discovery_type {
-        None => DiscoveryType::Static as i32,
-        Some(ClusterDiscoveryType::Type(t)) => *t,
-        Some(ClusterDiscoveryType::ClusterType(_)) => {
-            return Err(ConfigError::field(
-                join(path, "cluster_type"),
-                "field not supported by keel",
-            ))
-        }
-    };
-    match DiscoveryType::try_from(discovery) {
-        Ok(DiscoveryType::Static) => {}
-        Ok(other) => {
-            return Err(ConfigError::field(
-                join(path, "type"),
-                format!(
-                "{} clusters are not supported yet; keel supports type STATIC with endpoints in \
-                     load_assignment",
-                other.as_str_name()
-            ),
-            ))
-        }
-        Err(_) => {
-            return Err(ConfigError::field(
-                join(path, "type"),
-                format!("unknown cluster type {discovery}"),
-            ))
-        }
-    }
-
-    let connect_timeout = match &c.connect_timeout {
-        None => DEFAULT_CONNECT_TIMEOUT,
-        Some(d) => {
-            let timeout_path = join(path, "connect_timeout");
-            let d = duration(d, &timeout_path)?;
-            if d.is_zero() {
-                return Err(ConfigError::field(
-                    timeout_path,
-                    "must be greater than 0s (Envoy's default is 5s)",
-                ));
-            }
-            d
-        }
-    };
-
-    let policy_path = join(path, "lb_policy");
-    let policy = LbPolicy::try_from(c.lb_policy).map_err(|_| {
-        ConfigError::field(
-            &policy_path,
-            format!("unknown load-balancing policy {}", c.lb_policy),
-        )
-    })?;
-    let maglev_config = match &c.lb_config {
-        Some(LbConfig::MaglevLbConfig(config)) => Some(config),
-        None => None,
-        Some(_) => {
-            // The supported-field check rejects the other lb_config fields first.
-            return Err(ConfigError::field(
-                path,
-                "this lb_config is not supported by keel",
-            ));
-        }
-    };
-    if maglev_config.is_some() && policy != LbPolicy::Maglev {
-        return Err(ConfigError::field(
-            join(path, "maglev_lb_config"),
-            format!(
-                "only used with lb_policy MAGLEV, but lb_policy is {}; remove maglev_lb_config or set \
-                 lb_policy: MAGLEV",
-                policy.as_str_name()
-            ),
-        ));
-    }
-    let lb_policy = match policy {
-        LbPolicy::RoundRobin => model::LbPolicy::RoundRobin,
-        LbPolicy::LeastRequest => model::LbPolicy::LeastRequest,
-        LbPolicy::Random => model::LbPolicy::Random,
-        LbPolicy::RingHash => model::LbPolicy::RingHash,
-        LbPolicy::Maglev => model::LbPolicy::Maglev {
-            table_size: maglev_table_size(maglev_config, &join(path, "maglev_lb_config.table_size"))?,
-        },
-        other => {
-            return Err(ConfigError::field(
-                policy_path,
-                format!(
-                    "{} is not supported by keel; use ROUND_ROBIN, LEAST_REQUEST, RANDOM, MAGLEV or RING_HASH",
-                    other.as_str_name()
-                ),
-            ))
-        }
-    };
-
-    let endpoints = match &c.load_assignment {
-        Some(assignment) => load_assignment(assignment, &join(path, "load_assignment"))?,
-        None => Vec::new(),
-    };
-    Ok(model::Cluster {
-        name: c.name.clone(),
-        connect_timeout,
-        lb_policy,
-        endpoints,
-        upstream_protocol: upstream_protocol(c, path)?,
-    })
-}
-
-/// The HTTP protocol spoken to a cluster's endpoints: from
-/// `typed_extension_protocol_options` (key and @type
-/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`) or the deprecated
-/// `http2_protocol_options`; HTTP/1.1 when neither is given (as in Envoy).
-// Envoy still accepts the deprecated fields read here, so keel does too.
-#[allow(deprecated)]
-fn upstream_protocol(c: &cluster::Cluster, path: &str) -> Result<model::UpstreamProtocol> {
-    use upstream_http::http_protocol_options::{
-        explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
-    };
-
-    let options_path = join(path, "typed_extension_protocol_options");
-    let mut keys: Vec<&String> = c.typed_extension_protocol_options.keys().collect();
-    // Sorted, so that the first error is the same every time.
-    keys.sort();
-    let mut from_options = None;
-    for key in keys {
-        let entry_path = join(&options_path, key);
-        let any = &c.typed_extension_protocol_options[key];
-        if key != HTTP_PROTOCOL_OPTIONS {
-            return Err(ConfigError::field(
-                entry_path,
-                format!(
-                    "keel reads only the key {HTTP_PROTOCOL_OPTIONS} here (with \"@type\": \
-                     type.googleapis.com/{HTTP_PROTOCOL_OPTIONS})"
-                ),
-            ));
-        }
-        if type_url_message_name(&any.type_url) != Some(HTTP_PROTOCOL_OPTIONS) {
-            return Err(ConfigError::field(
-                entry_path,
-                format!(
-                    "@type \"{}\" does not match the key; use type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}",
-                    any.type_url
-                ),
-            ));
-        }
-        let options: upstream_http::HttpProtocolOptions = decode_any(any, &entry_path)?;
-        from_options = Some(match &options.upstream_protocol_options {
-            Some(UpstreamProtocolOptions::ExplicitHttpConfig(explicit)) => {
-                let explicit_path = join(&entry_path, "explicit_http_config");
-                match &explicit.protocol_config {
-                    Some(ProtocolConfig::HttpProtocolOptions(_)) => model::UpstreamProtocol::Http1,
-                    Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
-                        no_cluster_http2_settings(
-                            h2,
-                            &join(&explicit_path, "http2_protocol_options"),
-                        )?;
-                        model::UpstreamProtocol::Http2
-                    }
-                    Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
-                        return Err(ConfigError::field(
-                            join(&explicit_path, "http3_protocol_options"),
-                            "HTTP/3 needs QUIC, which keel does not support; use \
-                             http_protocol_options: {} or http2_protocol_options: {}",
-                        ))
-                    }
-                    None => {
-                        return Err(ConfigError::field(
-                            explicit_path,
-                            "missing the protocol; set http_protocol_options: {} (HTTP/1.1) or \
-                             http2_protocol_options: {} (HTTP/2)",
-                        ))
-                    }
-                }
-            }
-            Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(downstream)) => {
-                if let Some(h2) = &downstream.http2_protocol_options {
-                    no_cluster_http2_settings(
-                        h2,
-                        &join(
-                            &join(&entry_path, "use_downstream_protocol_config"),
-                            "http2_protocol_options",
-                        ),
-                    )?;
-                }
-                model::UpstreamProtocol::UseDownstream
-            }
-            Some(UpstreamProtocolOptions::AutoConfig(_)) => return Err(ConfigError::field(
-                join(&entry_path, "auto_config"),
-                "field not supported by keel (it needs ALPN over TLS); use explicit_http_config \
-                     or use_downstream_protocol_config",
-            )),
-            None => return Err(ConfigError::field(
-                entry_path,
-                "missing the protocol; set explicit_http_config or use_downstream_protocol_config",
-            )),
-        });
-    }
-    let deprecated = match &c.http2_protocol_options {
-        Some(h2) => {
-            no_cluster_http2_settings(h2, &join(path, "http2_protocol_options"))?;
-            Some(model::UpstreamProtocol::Http2)
-        }
-        None => None,
-    };
-    match (from_options, deprecated) {
-        (Some(_), Some(_)) => Err(ConfigError::field(
-            join(path, "http2_protocol_options"),
-            format!(
-                "the protocol is given twice, here and in typed_extension_protocol_options; keep \
-                 {HTTP_PROTOCOL_OPTIONS} (http2_protocol_options is deprecated)"
-            ),
-        )),
-        (Some(protocol), None) | (None, Some(protocol)) => Ok(protocol),
-        (None, None) => Ok(model::UpstreamProtocol::Http1),
-    }
-}
-
-/// keel has nowhere to put HTTP/2 settings for upstream connections yet: only an empty
-/// `http2_protocol_options` is accepted on a cluster.
-fn no_cluster_http2_settings(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()> {
-    let set = [
-        (
-            "max_concurrent_streams",
-            h2.max_concurrent_streams.is_some(),
-        ),
-        (
-            "initial_stream_window_size",
-            h2.initial_stream_window_size.is_some(),
-        ),
-        (
-            "initial_connection_window_size",
-            h2.initial_connection_window_size.is_some(),
-        ),
-    ];
-    match set.iter().find(|(_, set)| *set) {
-        Some((field, _)) => Err(ConfigError::field(
-            join(path, field),
-            "HTTP/2 settings for a cluster's connections are not supported yet; keel uses its \
-             defaults (write http2_protocol_options: {})",
-        )),
-        None => Ok(()),
-    }
-}
-
-fn maglev_table_size(config: Option<&cluster::cluster::MaglevLbConfig>, path: &str) -> Result<u32> {
-    let size = config
-        .and_then(|c| c.table_size.as_ref())
-        .map_or(DEFAULT_MAGLEV_TABLE_SIZE, |v| v.value);
-    let prime = u32::try_from(size).is_ok_and(crate::cluster::maglev::is_prime);
-    if size > MAX_MAGLEV_TABLE_SIZE || !prime {
-        return Err(ConfigError::field(
-            path,
-            format!(
-                "{size} is not a prime number of at most {MAX_MAGLEV_TABLE_SIZE}; Maglev needs a prime \
-                 table size, such as 65537 (the default), 251 or 5000011"
-            ),
-        ));
-    }
-    Ok(u32::try_from(size).expect("at most MAX_MAGLEV_TABLE_SIZE"))
-}
-
-fn load_assignment(
-    assignment: &endpoint::ClusterLoadAssignment,
-    path: &str,
-) -> Result<Vec<model::Endpoint>> {
-    if assignment.cluster_name.is_empty() {
-        return Err(ConfigError::field(
-            join(path, "cluster_name"),
-            "missing; Envoy requires it (usually the cluster's own name)",
-        ));
-    }
-    let mut endpoints = Vec::new();
-    let localities_path = join(path, "endpoints");
-    for (i, locality) in assignment.endpoints.iter().enumerate() {
-        let locality_path = index(&localities_path, i);
-        // Locality weights only matter with locality-weighted balancing (not supported),
-        // so Envoy ignores them too; still, 0 is invalid in Envoy.
-        if let Some(weight) = &locality.load_balancing_weight {
-            if weight.value == 0 {
-                return Err(ConfigError::field(
-                    join(&locality_path, "load_balancing_weight"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        let lb_endpoints_path = join(&locality_path, "lb_endpoints");
-        for (j, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
-            endpoints.push(convert_endpoint(
-                lb_endpoint,
-                &index(&lb_endpoints_path, j),
-            )?);
-        }
-    }
-    Ok(endpoints)
-}
-
-fn convert_endpoint(lb_endpoint: &endpoint::LbEndpoint, path: &str) -> Result<model::Endpoint> {
-    let endpoint_path = join(path, "endpoint");
-    let endpoint = match &lb_endpoint.host_identifier {
-        Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint)) => endpoint,
-        Some(endpoint::lb_endpoint::HostIdentifier::EndpointName(_)) => {
-            return Err(ConfigError::field(
-                join(path, "endpoint_name"),
-                "field not supported by keel",
-            ))
-        }
-        None => {
-            return Err(ConfigError::field(
-                endpoint_path,
-                "missing; give endpoint.address.socket_address with address and port_value",
-            ))
-        }
-    };
-    let address_path = join(&endpoint_path, "address");
-    let Some(address) = &endpoint.address else {
-        return Err(ConfigError::field(
-            address_path,
-            "missing; an endpoint needs address.socket_address with address and port_value",
-        ));
-    };
-    let (address, protocol) = socket_address(address, &address_path, PortRule::NonZero)?;
-    if protocol != model::Protocol::Tcp {
-        return Err(ConfigError::field(
-            join(&address_path, "socket_address.protocol"),
-            "UDP endpoints are not supported yet; keel proxies TCP",
-        ));
-    }
-    let weight = match &lb_endpoint.load_balancing_weight {
-        None => 1,
-        Some(w) if w.value == 0 => {
-            return Err(ConfigError::field(
-                join(path, "load_balancing_weight"),
-                "must be at least 1 (leave it out for the default of 1)",
-            ))
-        }
-        Some(w) => w.value,
-    };
-    Ok(model::Endpoint { address, weight })
 }
 
 // ---------------------------------------------------------------------------------------

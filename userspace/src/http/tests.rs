@@ -92,8 +92,11 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         host_rewrite: HostRewrite::None,
         timeout,
         idle_timeout: None,
+        upgrades: Vec::new(),
+        max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
+        hash_policy: Vec::new(),
     }))
 }
 
@@ -104,6 +107,7 @@ fn cluster(name: &str, address: SocketAddr, protocol: UpstreamProtocol) -> model
         lb_policy: LbPolicy::RoundRobin,
         endpoints: vec![Endpoint { address, weight: 1 }],
         upstream_protocol: protocol,
+        ..model::Cluster::default()
     }
 }
 
@@ -694,6 +698,7 @@ async fn future_sizes() {
         filters_ran: 0,
         random: 0,
         upgrade: None,
+        body_unread: false,
     };
     let forward_future = conn.forward(
         stream,
@@ -706,8 +711,9 @@ async fn future_sizes() {
     eprintln!("forward future {}", std::mem::size_of_val(&forward_future));
     drop(forward_future);
     let c = upstreams.get("c").unwrap().clone();
+    let host = c.pick(&Default::default()).unwrap();
     let send = c.send(
-        c.pick().unwrap(),
+        &host,
         crate::upstream::WireProtocol::Http1,
         Request::new(super::body::Body::Empty),
     );

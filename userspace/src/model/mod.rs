@@ -4,7 +4,10 @@
 //! into these types and rejects what keel does not support; everything after that
 //! (listeners, clusters, the kernel data path) trusts them.
 
+pub mod breakers;
+pub mod health;
 pub mod http;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,8 +65,15 @@ pub struct Listener {
     pub address: SocketAddr,
     /// `address.socket_address.protocol`.
     pub protocol: Protocol,
-    /// `filter_chains`, in order.
+    /// `filter_chains`, in order; their `filter_chain_match`es are all different.
     pub filter_chains: Vec<FilterChain>,
+    /// `default_filter_chain`: for connections no chain matches (else they are closed).
+    pub default_filter_chain: Option<FilterChain>,
+    /// `listener_filters`.
+    pub listener_filters: listener::ListenerFilters,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how much keel
+    /// buffers per connection and direction before it stops reading.
+    pub buffer_limit: u32,
     /// Where connections are balanced (`metadata` key "keel", `balancing`).
     pub balancing: Balancing,
 }
@@ -82,6 +92,8 @@ pub enum Balancing {
 pub struct FilterChain {
     /// `name` (may be empty).
     pub name: String,
+    /// `filter_chain_match`.
+    pub filter_chain_match: listener::FilterChainMatch,
     /// The network filters, in order; the last one terminates.
     pub filters: Vec<NetworkFilter>,
 }
@@ -100,8 +112,13 @@ pub enum NetworkFilter {
 pub struct TcpProxy {
     /// `stat_prefix`.
     pub stat_prefix: String,
-    /// `cluster`: the upstream cluster's name (checked to exist).
+    /// `cluster`: the upstream cluster's name (checked to exist); with
+    /// `weighted_clusters`, the first of them.
     pub cluster: String,
+    /// `weighted_clusters.clusters`: (name, weight), each checked to exist; empty
+    /// when a single `cluster` is given. Each connection goes to one of them, picked
+    /// at random in proportion to the weights.
+    pub weighted_clusters: Vec<(String, u32)>,
     /// `idle_timeout`: 1 hour when left out (Envoy's default); `None` when `0s`
     /// disables it.
     pub idle_timeout: Option<Duration>,
@@ -121,6 +138,28 @@ pub struct Cluster {
     /// The HTTP protocol spoken to the endpoints
     /// (`typed_extension_protocol_options` `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
     pub upstream_protocol: UpstreamProtocol,
+    /// `circuit_breakers` (Envoy's default thresholds when left out).
+    pub circuit_breakers: breakers::CircuitBreakers,
+    /// `health_checks`.
+    pub health_checks: Vec<health::HealthCheck>,
+    /// `outlier_detection`: `None` when left out (no passive health checking).
+    pub outlier_detection: Option<health::OutlierDetection>,
+}
+
+impl Default for Cluster {
+    /// A STATIC round-robin HTTP/1.1 cluster with no endpoints and Envoy's defaults.
+    fn default() -> Cluster {
+        Cluster {
+            name: String::new(),
+            connect_timeout: Duration::from_secs(5),
+            lb_policy: LbPolicy::RoundRobin,
+            endpoints: Vec::new(),
+            upstream_protocol: UpstreamProtocol::Http1,
+            circuit_breakers: breakers::CircuitBreakers::default(),
+            health_checks: Vec::new(),
+            outlier_detection: None,
+        }
+    }
 }
 
 /// The HTTP protocol keel speaks to a cluster's endpoints.

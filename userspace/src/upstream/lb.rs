@@ -1,24 +1,31 @@
-//! Endpoint picking for HTTP clusters.
+//! Host picking for HTTP clusters.
 //!
 //! Round robin and random index the same slot tables as the kernel and the tcp_proxy
 //! ([`crate::cluster`]), so every path balances alike. Least request is Envoy's
 //! default "power of two choices": two weighted-random candidates, the one with fewer
-//! active requests wins. Maglev and ring hash need a request hash
-//! (`route.hash_policy`), which the model does not carry yet: until it does they
-//! pick at random, weighted — the distribution Envoy gives them when a request has
-//! no hash key.
+//! active requests wins. Maglev and ring hash pick at random, weighted, until the
+//! request hash is wired in — the distribution Envoy gives them when a request has no
+//! hash key.
+//!
+//! The tables are built over the hosts that may take traffic: the healthy hosts of
+//! the highest priority that has any; when no host is healthy, over every host (Envoy's
+//! panic mode).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use super::host::Host;
+use super::PickContext;
 use crate::cluster::{random_table, round_robin_table, MAX_TABLE_LEN};
 use crate::model::LbPolicy;
 
-/// A cluster's endpoint picker.
+/// A cluster's host picker, built over one host set.
 #[derive(Debug)]
 pub(crate) struct LoadBalancer {
     policy: Policy,
-    /// Slot table: round-robin order, or each slot repeated by weight for random.
+    /// Slot table of host indexes: round-robin order, or each host repeated by weight
+    /// for random.
     table: Box<[u32]>,
     cursor: AtomicU64,
 }
@@ -31,36 +38,62 @@ enum Policy {
 }
 
 impl LoadBalancer {
-    /// A picker over endpoints with these weights.
-    pub(crate) fn new(policy: LbPolicy, weights: &[u32]) -> LoadBalancer {
+    /// A picker over `hosts` as their health is now.
+    pub(crate) fn new(policy: LbPolicy, hosts: &[Arc<Host>]) -> LoadBalancer {
         let policy = match policy {
             LbPolicy::RoundRobin => Policy::RoundRobin,
             LbPolicy::LeastRequest => Policy::LeastRequest,
             LbPolicy::Random | LbPolicy::Maglev { .. } | LbPolicy::RingHash => Policy::Random,
         };
-        let table = if weights.is_empty() {
+        let healthy_priority = hosts
+            .iter()
+            .filter(|h| h.is_healthy())
+            .map(|h| h.priority)
+            .min();
+        let eligible: Vec<u32> = (0..hosts.len() as u32)
+            .filter(|&i| {
+                let host = &hosts[i as usize];
+                match healthy_priority {
+                    Some(p) => host.is_healthy() && host.priority == p,
+                    None => true,
+                }
+            })
+            .collect();
+        let weights: Vec<u32> = eligible.iter().map(|&i| hosts[i as usize].weight).collect();
+        let slots = if weights.is_empty() {
             Vec::new()
         } else if policy == Policy::RoundRobin {
-            round_robin_table(weights, MAX_TABLE_LEN)
+            round_robin_table(&weights, MAX_TABLE_LEN)
         } else {
-            random_table(weights, MAX_TABLE_LEN)
+            random_table(&weights, MAX_TABLE_LEN)
         };
         LoadBalancer {
             policy,
-            table: table.into_boxed_slice(),
+            table: slots.into_iter().map(|s| eligible[s as usize]).collect(),
             cursor: AtomicU64::new(0),
         }
     }
 
-    /// Whether the policy reads the per-endpoint active request counts.
-    pub(crate) fn needs_active_counts(&self) -> bool {
-        self.policy == Policy::LeastRequest
+    /// The index in `hosts` (the set this picker was built over) of the host for the
+    /// next request.
+    #[inline]
+    pub(crate) fn pick(&self, hosts: &[Arc<Host>], context: &PickContext<'_>) -> Option<usize> {
+        let mut picked = self.pick_once(hosts)?;
+        for _ in 0..context.reselect_attempts {
+            if !context
+                .previous_hosts
+                .iter()
+                .any(|h| Arc::ptr_eq(h, &hosts[picked]))
+            {
+                break;
+            }
+            picked = self.pick_once(hosts)?;
+        }
+        Some(picked)
     }
 
-    /// The index of the endpoint for the next request; `active(i)` is endpoint `i`'s
-    /// number of requests in flight (read only by least request).
     #[inline]
-    pub(crate) fn pick(&self, active: impl Fn(usize) -> u64) -> Option<usize> {
+    fn pick_once(&self, hosts: &[Arc<Host>]) -> Option<usize> {
         let len = self.table.len();
         if len == 0 {
             return None;
@@ -72,6 +105,7 @@ impl LoadBalancer {
             Policy::LeastRequest => {
                 let r = fast_random();
                 let (a, b) = (slot(r), slot(r >> 32));
+                let active = |i: usize| hosts[i].active.load(Ordering::Relaxed);
                 if active(b) < active(a) {
                     b
                 } else {
@@ -120,27 +154,77 @@ pub(crate) fn fast_random_pair() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::HealthFlags;
+
+    fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let address = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
+                Arc::new(Host::new(address, w, 0))
+            })
+            .collect()
+    }
 
     #[test]
     fn round_robin_follows_the_weighted_table() {
-        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &[2, 1]);
-        let picks: Vec<usize> = (0..6).map(|_| lb.pick(|_| 0).unwrap()).collect();
+        let hosts = hosts(&[2, 1]);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &hosts);
+        let picks: Vec<usize> = (0..6)
+            .map(|_| lb.pick(&hosts, &PickContext::default()).unwrap())
+            .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 4, "{picks:?}");
     }
 
     #[test]
-    fn least_request_prefers_the_idle_endpoint() {
-        let lb = LoadBalancer::new(LbPolicy::LeastRequest, &[1, 1]);
-        // Endpoint 0 is busy: whenever the two candidates differ, 1 wins.
+    fn least_request_prefers_the_idle_host() {
+        let hosts = hosts(&[1, 1]);
+        hosts[0].active.store(100, Ordering::Relaxed);
+        let lb = LoadBalancer::new(LbPolicy::LeastRequest, &hosts);
+        // Host 0 is busy: whenever the two candidates differ, 1 wins.
         let ones = (0..1000)
-            .filter(|_| lb.pick(|i| if i == 0 { 100 } else { 0 }) == Some(1))
+            .filter(|_| lb.pick(&hosts, &PickContext::default()) == Some(1))
             .count();
-        assert!(ones > 600, "endpoint 1 picked {ones} times of 1000");
+        assert!(ones > 600, "host 1 picked {ones} times of 1000");
     }
 
     #[test]
-    fn no_endpoints_means_no_pick() {
+    fn unhealthy_hosts_leave_rotation_until_none_is_left() {
+        let hosts = hosts(&[1, 1, 1]);
+        hosts[1].health.set(HealthFlags::FAILED_ACTIVE_HC);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &hosts);
+        for _ in 0..30 {
+            assert_ne!(lb.pick(&hosts, &PickContext::default()), Some(1));
+        }
+        for host in &hosts {
+            host.health.set(HealthFlags::FAILED_OUTLIER_CHECK);
+        }
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, &hosts);
+        let picked: std::collections::HashSet<usize> = (0..30)
+            .filter_map(|_| lb.pick(&hosts, &PickContext::default()))
+            .collect();
+        assert_eq!(picked.len(), 3, "panic mode balances over every host");
+    }
+
+    #[test]
+    fn previous_hosts_are_avoided_while_reselection_is_allowed() {
+        let hosts = hosts(&[1, 1]);
+        let lb = LoadBalancer::new(LbPolicy::Random, &hosts);
+        let previous = [Arc::clone(&hosts[0])];
+        let context = PickContext {
+            previous_hosts: &previous,
+            reselect_attempts: 20,
+            ..PickContext::default()
+        };
+        for _ in 0..50 {
+            assert_eq!(lb.pick(&hosts, &context), Some(1));
+        }
+    }
+
+    #[test]
+    fn no_hosts_means_no_pick() {
         let lb = LoadBalancer::new(LbPolicy::Random, &[]);
-        assert_eq!(lb.pick(|_| 0), None);
+        assert_eq!(lb.pick(&[], &PickContext::default()), None);
     }
 }

@@ -26,7 +26,13 @@
 //! `TCP_NODELAY`, and is bounded by the cluster's `connect_timeout`. Stats use
 //! Envoy's names under `cluster.<name>.`.
 
+pub mod hash;
+pub mod health;
+#[cfg(test)]
+mod health_tests;
+mod host;
 mod lb;
+pub mod outlier;
 mod pool;
 
 use std::collections::HashMap;
@@ -35,13 +41,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::http::body::Body;
-use crate::model::{self, UpstreamProtocol};
+use crate::model::{self, LbPolicy, UpstreamProtocol};
 use crate::observe::stats::{self, Counter, Gauge};
 
+pub use host::{HealthFlags, Host, HostStats};
 pub(crate) use lb::{fast_random, fast_random_pair};
 
 /// Why a request could not be sent upstream or got no response headers.
@@ -137,18 +145,69 @@ impl Upstreams {
     pub fn get(&self, name: &str) -> Option<&Arc<ClusterUpstream>> {
         self.clusters.get(name)
     }
+
+    /// Every cluster, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClusterUpstream>> {
+        self.clusters.values()
+    }
 }
 
-/// One cluster: its endpoints with their pools, its picker and its stats.
+/// One cluster: its current hosts with their picker, and its stats.
 #[derive(Debug)]
 pub struct ClusterUpstream {
     name: String,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
-    lb: lb::LoadBalancer,
-    endpoints: Box<[pool::EndpointPool]>,
+    lb_policy: LbPolicy,
+    /// The hosts and the picker over them; replaced whole when the hosts or their
+    /// health change (requests keep the set they loaded).
+    hosts: ArcSwap<HostSet>,
     /// `cluster.<name>.*` stats.
     pub stats: ClusterStats,
+    /// Active health checking and outlier detection, where configured.
+    pub health: health::ClusterHealth,
+}
+
+/// A cluster's hosts and the load balancer built over them.
+#[derive(Debug)]
+pub struct HostSet {
+    /// Every host, healthy or not, in configuration order.
+    pub hosts: Vec<Arc<Host>>,
+    lb: lb::LoadBalancer,
+}
+
+impl HostSet {
+    fn new(policy: LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
+        let lb = lb::LoadBalancer::new(policy, &hosts);
+        HostSet { hosts, lb }
+    }
+}
+
+/// What picking a host may take into account besides the cluster's own state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickContext<'a> {
+    /// The request's hash from the route's `hash_policy`, for RING_HASH and MAGLEV
+    /// (`None`: no policy matched; those policies then pick at random).
+    pub hash: Option<u64>,
+    /// Hosts earlier tries of this request went to (`retry_host_predicate`
+    /// previous_hosts): avoided while another pick is allowed.
+    pub previous_hosts: &'a [Arc<Host>],
+    /// Picks made again when a pick lands on a previous host
+    /// (`host_selection_retry_max_attempts`).
+    pub reselect_attempts: u32,
+}
+
+/// How one request to a host ended, for the host's counters and outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response headers arrived with this status.
+    Response(u16),
+    /// The connection could not be made (refused, or connect timeout).
+    ConnectFailure,
+    /// The request timed out (route timeout or per-try timeout).
+    Timeout,
+    /// The connection or stream was reset before the response headers.
+    Reset,
 }
 
 /// Which protocol to speak to the upstream for one request.
@@ -162,24 +221,63 @@ pub enum WireProtocol {
 
 impl ClusterUpstream {
     fn new(cluster: &model::Cluster) -> ClusterUpstream {
-        let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
+        let hosts: Vec<Arc<Host>> = cluster
+            .endpoints
+            .iter()
+            .map(|e| Arc::new(Host::new(e.address, e.weight, 0)))
+            .collect();
+        let health = health::ClusterHealth::new(cluster, &hosts);
         ClusterUpstream {
             name: cluster.name.clone(),
             protocol: cluster.upstream_protocol,
             connect_timeout: cluster.connect_timeout,
-            lb: lb::LoadBalancer::new(cluster.lb_policy, &weights),
-            endpoints: cluster
-                .endpoints
-                .iter()
-                .map(|e| pool::EndpointPool::new(e.address))
-                .collect(),
+            lb_policy: cluster.lb_policy,
+            hosts: ArcSwap::from_pointee(HostSet::new(cluster.lb_policy, hosts)),
             stats: ClusterStats::new(&cluster.name),
+            health,
         }
     }
 
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The current hosts.
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    /// Publishes a new list of hosts (service discovery): the picker is rebuilt off
+    /// the request path and swapped in whole.
+    pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        self.health.adopt(&self.hosts.load().hosts, &hosts);
+        self.hosts
+            .store(Arc::new(HostSet::new(self.lb_policy, hosts)));
+    }
+
+    /// A host's health changed (health checking, outlier detection): rebuilds the
+    /// picker over the same hosts.
+    pub fn health_changed(&self) {
+        let hosts = self.hosts.load().hosts.clone();
+        self.set_hosts(hosts);
+    }
+
+    /// Records how a request to `host` ended: the host's counters (and, where
+    /// configured, outlier detection).
+    pub fn record_outcome(&self, host: &Host, outcome: Outcome) {
+        let stats = &host.stats;
+        match outcome {
+            Outcome::Response(status) if status < 500 => host::bump(&stats.rq_success),
+            Outcome::Timeout => {
+                host::bump(&stats.rq_timeout);
+                host::bump(&stats.rq_error);
+            }
+            _ => host::bump(&stats.rq_error),
+        }
+        if let Some(detector) = &self.health.outlier {
+            detector.record(host, outcome);
+        }
     }
 
     /// The protocol for a request that arrived as `downstream` (HTTP/1.x or HTTP/2).
@@ -195,39 +293,33 @@ impl ClusterUpstream {
         }
     }
 
-    /// Picks an endpoint for the next request.
+    /// Picks a host for the next request.
     #[inline]
-    pub fn pick(&self) -> Option<EndpointId> {
-        self.lb
-            .pick(|i| self.endpoints[i].active.load(Ordering::Relaxed))
-            .map(EndpointId)
+    pub fn pick(&self, context: &PickContext<'_>) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        set.lb
+            .pick(&set.hosts, context)
+            .map(|i| Arc::clone(&set.hosts[i]))
     }
 
-    /// The address of a picked endpoint.
-    #[inline]
-    pub fn address(&self, endpoint: EndpointId) -> SocketAddr {
-        self.endpoints[endpoint.0].address
-    }
-
-    /// Sends `request` to `endpoint` and waits for the response headers. The request's
+    /// Sends `request` to `host` and waits for the response headers. The request's
     /// URI must be in origin form for HTTP/1.1 (with a `host` header) and in absolute
     /// form for HTTP/2. The returned [`Lease`] must live as long as the response body
     /// is read, and be [`Lease::release`]d once both bodies completed.
     pub async fn send(
         self: &Arc<Self>,
-        endpoint: EndpointId,
+        host: &Arc<Host>,
         protocol: WireProtocol,
         request: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let mut lease = self.lease(endpoint);
-        let pool = &self.endpoints[endpoint.0];
+        let mut lease = self.lease(host);
         let response = match protocol {
             WireProtocol::Http1 => {
-                let (response, sender) = pool.send_h1(self, request).await?;
+                let (response, sender) = host.pool.send_h1(self, host, request).await?;
                 lease.h1 = Some(sender);
                 response
             }
-            WireProtocol::Http2 => pool.send_h2(self, request).await?,
+            WireProtocol::Http2 => host.pool.send_h2(self, host, request).await?,
         };
         self.stats.record_status(response.status().as_u16());
         Ok((response, lease))
@@ -237,46 +329,35 @@ impl ClusterUpstream {
     /// that is never pooled: after a `101` it belongs to the upgraded stream.
     pub async fn send_upgrade(
         self: &Arc<Self>,
-        endpoint: EndpointId,
+        host: &Arc<Host>,
         request: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let lease = self.lease(endpoint);
-        let response = self.endpoints[endpoint.0]
-            .send_upgrade(self, request)
-            .await?;
+        let lease = self.lease(host);
+        let response = host.pool.send_upgrade(self, host, request).await?;
         self.stats.record_status(response.status().as_u16());
         Ok((response, lease))
     }
 
-    fn lease(self: &Arc<Self>, endpoint: EndpointId) -> Lease {
+    fn lease(self: &Arc<Self>, host: &Arc<Host>) -> Lease {
         self.stats.upstream_rq_total.inc();
         self.stats.upstream_rq_active.inc();
-        let counted = self.lb.needs_active_counts();
-        if counted {
-            self.endpoints[endpoint.0]
-                .active
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        host::bump(&host.stats.rq_total);
+        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        host.active.fetch_add(1, Ordering::Relaxed);
         Lease {
             cluster: Arc::clone(self),
-            endpoint,
-            counted,
+            host: Arc::clone(host),
             h1: None,
         }
     }
 }
-
-/// An endpoint picked by [`ClusterUpstream::pick`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndpointId(usize);
 
 /// One request's hold on its upstream: keeps the active-request counts up and, for
 /// HTTP/1.1, owns the connection until the exchange is over.
 #[derive(Debug)]
 pub struct Lease {
     cluster: Arc<ClusterUpstream>,
-    endpoint: EndpointId,
-    counted: bool,
+    host: Arc<Host>,
     h1: Option<hyper::client::conn::http1::SendRequest<Body>>,
 }
 
@@ -286,7 +367,7 @@ impl Lease {
     /// this closes its HTTP/1.1 connection.
     pub fn release(mut self) {
         if let Some(sender) = self.h1.take() {
-            self.cluster.endpoints[self.endpoint.0].put_idle(sender);
+            self.host.pool.put_idle(sender);
         }
     }
 
@@ -294,16 +375,18 @@ impl Lease {
     pub fn cluster(&self) -> &Arc<ClusterUpstream> {
         &self.cluster
     }
+
+    /// The host the request went to.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.cluster.stats.upstream_rq_active.dec();
-        if self.counted {
-            self.cluster.endpoints[self.endpoint.0]
-                .active
-                .fetch_sub(1, Ordering::Relaxed);
-        }
+        self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        self.host.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2,7 +2,8 @@
 //! (see the design notes in [`super`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use hyper::body::Incoming;
@@ -11,6 +12,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::host::{bump, Host};
 use super::{ClusterUpstream, UpstreamError};
 use crate::http::body::Body;
 
@@ -27,8 +29,6 @@ const H2_WINDOW: u32 = 268_435_456;
 pub(crate) struct EndpointPool {
     /// The endpoint.
     pub(crate) address: SocketAddr,
-    /// Requests in flight (maintained for least request only).
-    pub(crate) active: AtomicU64,
     idle: Mutex<Vec<http1::SendRequest<Body>>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     h2_connecting: tokio::sync::Mutex<()>,
@@ -38,7 +38,6 @@ impl EndpointPool {
     pub(crate) fn new(address: SocketAddr) -> EndpointPool {
         EndpointPool {
             address,
-            active: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
@@ -67,9 +66,14 @@ impl EndpointPool {
         self.idle.lock().expect("pool lock").pop()
     }
 
-    async fn connect(&self, cluster: &ClusterUpstream) -> Result<TcpStream, UpstreamError> {
+    async fn connect(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Host,
+    ) -> Result<TcpStream, UpstreamError> {
         let stats = &cluster.stats;
         stats.upstream_cx_total.inc();
+        bump(&host.stats.cx_total);
         match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(self.address)).await
         {
             Ok(Ok(stream)) => {
@@ -78,6 +82,7 @@ impl EndpointPool {
             }
             Ok(Err(source)) => {
                 stats.upstream_cx_connect_fail.inc();
+                bump(&host.stats.cx_connect_fail);
                 Err(UpstreamError::ConnectFailure {
                     endpoint: self.address,
                     source,
@@ -85,6 +90,7 @@ impl EndpointPool {
             }
             Err(_) => {
                 stats.upstream_cx_connect_fail.inc();
+                bump(&host.stats.cx_connect_fail);
                 stats.upstream_cx_connect_timeout.inc();
                 Err(UpstreamError::ConnectTimeout {
                     endpoint: self.address,
@@ -97,16 +103,19 @@ impl EndpointPool {
     async fn connect_h1(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let stream = self.connect(cluster).await?;
+        let stream = self.connect(cluster, host).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.reset(e))?;
         cluster.stats.upstream_cx_http1_total.inc();
         cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         let active = cluster.stats.upstream_cx_active.clone();
+        let host = Arc::clone(host);
         let endpoint = self.address;
         tokio::spawn(async move {
             let result = if upgrades {
@@ -118,6 +127,7 @@ impl EndpointPool {
                 tracing::debug!(%endpoint, "upstream HTTP/1.1 connection ended: {e}");
             }
             active.dec();
+            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(sender)
     }
@@ -126,6 +136,7 @@ impl EndpointPool {
     pub(crate) async fn send_h1(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
         mut request: Request<Body>,
     ) -> Result<(Response<Incoming>, http1::SendRequest<Body>), UpstreamError> {
         for _ in 0..MAX_STALE {
@@ -151,7 +162,7 @@ impl EndpointPool {
         }
         // Boxed: connecting is the cold path, and its future would otherwise make
         // every request's future (moved and zeroed per request) much larger.
-        let mut sender = Box::pin(self.connect_h1(cluster, false)).await?;
+        let mut sender = Box::pin(self.connect_h1(cluster, host, false)).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, sender)),
             Err(e) => Err(self.reset(e)),
@@ -162,9 +173,10 @@ impl EndpointPool {
     pub(crate) async fn send_upgrade(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect_h1(cluster, true).await?;
+        let mut sender = self.connect_h1(cluster, host, true).await?;
         sender
             .send_request(request)
             .await
@@ -183,22 +195,24 @@ impl EndpointPool {
     async fn h2_sender(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
-        Box::pin(self.connect_h2(cluster)).await
+        Box::pin(self.connect_h2(cluster, host)).await
     }
 
     async fn connect_h2(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
-        let stream = self.connect(cluster).await?;
+        let stream = self.connect(cluster, host).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(H2_WINDOW)
             .initial_connection_window_size(H2_WINDOW)
@@ -207,13 +221,16 @@ impl EndpointPool {
             .map_err(|e| self.reset(e))?;
         cluster.stats.upstream_cx_http2_total.inc();
         cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         let active = cluster.stats.upstream_cx_active.clone();
+        let host = Arc::clone(host);
         let endpoint = self.address;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%endpoint, "upstream HTTP/2 connection ended: {e}");
             }
             active.dec();
+            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         });
         *self.h2.lock().expect("pool lock") = Some(sender.clone());
         Ok(sender)
@@ -224,11 +241,12 @@ impl EndpointPool {
     pub(crate) async fn send_h2(
         &self,
         cluster: &ClusterUpstream,
+        host: &Arc<Host>,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut retried = false;
         loop {
-            let mut sender = self.h2_sender(cluster).await?;
+            let mut sender = self.h2_sender(cluster, host).await?;
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
