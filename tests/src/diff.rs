@@ -2049,6 +2049,17 @@ fn refusal_line(text: &str) -> String {
         .map_or_else(|| text.trim().to_string(), |l| l.to_string())
 }
 
+/// The field a refusal names: in `Error: <path>: <why>`, the path (the whole line when
+/// it does not read that way), so that `mentions` is not fooled by the list of fields
+/// keel does read.
+fn refused_field(text: &str) -> String {
+    let line = refusal_line(text);
+    let rest = line.split_once("Error: ").map_or(line.as_str(), |(_, r)| r);
+    rest.split_once(": ")
+        .map_or(rest, |(path, _)| path)
+        .to_string()
+}
+
 /// Splits a case's mismatches into those its `known_gaps` cover (returned as report
 /// lines) and the rest (kept in `mismatches`); a known gap that covered nothing is a
 /// case error: it has been fixed and must leave the list. Also returns one line per
@@ -2069,7 +2080,7 @@ fn apply_known_gaps(case: &Case, report: &mut CaseReport) -> (Vec<String>, Vec<S
             g.covers(request, &m.field)
                 && g.mentions
                     .as_deref()
-                    .is_none_or(|text| m.subject.contains(text))
+                    .is_none_or(|text| refused_field(&m.subject).contains(text))
         });
         match found {
             Some(i) => {
@@ -2127,8 +2138,9 @@ fn apply_known_gaps(case: &Case, report: &mut CaseReport) -> (Vec<String>, Vec<S
         } else {
             let why = match (&refused, &gap.mentions) {
                 (Some(line), Some(text)) => format!(
-                    "keel still refuses the bootstrap, but no longer for {text:?}: it says \
-                     {line:?}; update this gap (its why and mentions)"
+                    "keel still refuses the bootstrap, but no longer for {text:?}: it refuses \
+                     {:?} ({line:?}); update this gap (its why and mentions)",
+                    refused_field(line)
                 ),
                 _ => "keel matches Envoy there now, remove it from known_gaps".to_string(),
             };
@@ -2247,8 +2259,21 @@ pub fn run_case(
         let description = spec.describe();
         let fields = compare_list(case, spec, has_log);
         let group = spec.group_size();
-        for (i, step) in spec.steps.iter().enumerate() {
-            if let Err(why) = a.run_step(step) {
+        // Both proxies run the steps at the same time (waits are paid once).
+        let run_steps = |proxy: &Proxy| -> Vec<Result<(), String>> {
+            spec.steps.iter().map(|step| proxy.run_step(step)).collect()
+        };
+        let (steps_a, steps_b) = std::thread::scope(|scope| {
+            let b_steps = b
+                .as_ref()
+                .filter(|_| !spec.steps.is_empty())
+                .map(|b| scope.spawn(|| run_steps(b)));
+            let a_steps = run_steps(&a);
+            let b_steps = b_steps.map(|h| h.join().expect("the steps thread panicked"));
+            (a_steps, b_steps.unwrap_or_default())
+        });
+        for (i, result) in steps_a.into_iter().enumerate() {
+            if let Err(why) = result {
                 report.case_errors.push(format!(
                     "case {}: request {description}: step {} failed at {}: {why}",
                     case.name,
@@ -2256,16 +2281,16 @@ pub fn run_case(
                     a.label
                 ));
             }
-            if let Some(b) = &b {
-                if let Err(why) = b.run_step(step) {
-                    report.mismatches.push(Mismatch {
-                        case: case.name.clone(),
-                        request: description.clone(),
-                        field: "step".into(),
-                        reference: format!("step {} done", i + 1),
-                        subject: why,
-                    });
-                }
+        }
+        for (i, result) in steps_b.into_iter().enumerate() {
+            if let Err(why) = result {
+                report.mismatches.push(Mismatch {
+                    case: case.name.clone(),
+                    request: description.clone(),
+                    field: "step".into(),
+                    reference: format!("step {} done", i + 1),
+                    subject: why,
+                });
             }
         }
         let is_stat = |f: &str| f.starts_with("stat.") || f.starts_with("gauge.");
