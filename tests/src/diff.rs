@@ -622,6 +622,7 @@ const PREFIX_FIELDS: &[&str] = &[
     "response.header.",
     "trailer.",
     "upstream.header.",
+    "upstream.each.header.",
     "upstream.consistent_by.",
     "access_log.",
     "stat.",
@@ -1368,6 +1369,17 @@ impl Outcome {
                     Outcome::values(&self.headers, name)
                 } else if let Some(name) = field.strip_prefix("trailer.") {
                     Outcome::values(&self.trailers, name)
+                } else if let Some(name) = field.strip_prefix("upstream.each.header.") {
+                    Some(
+                        self.upstream
+                            .iter()
+                            .map(|r| match r.header(name) {
+                                [] => "<absent>".to_string(),
+                                values => values.join(" | "),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
                 } else if let Some(name) = field.strip_prefix("upstream.header.") {
                     first
                         .map(|r| r.header(name))
@@ -1744,7 +1756,7 @@ fn perform_concurrent(
             .collect();
         let mut outcomes = Vec::with_capacity(n);
         for task in tasks {
-            outcomes.push(task.await.unwrap_or_else(|e| Outcome::failed(e)));
+            outcomes.push(task.await.unwrap_or_else(Outcome::failed));
         }
         outcomes
     });
@@ -2037,6 +2049,17 @@ fn refusal_line(text: &str) -> String {
         .map_or_else(|| text.trim().to_string(), |l| l.to_string())
 }
 
+/// The field a refusal names: in `Error: <path>: <why>`, the path (the whole line when
+/// it does not read that way), so that `mentions` is not fooled by the list of fields
+/// keel does read.
+fn refused_field(text: &str) -> String {
+    let line = refusal_line(text);
+    let rest = line.split_once("Error: ").map_or(line.as_str(), |(_, r)| r);
+    rest.split_once(": ")
+        .map_or(rest, |(path, _)| path)
+        .to_string()
+}
+
 /// Splits a case's mismatches into those its `known_gaps` cover (returned as report
 /// lines) and the rest (kept in `mismatches`); a known gap that covered nothing is a
 /// case error: it has been fixed and must leave the list. Also returns one line per
@@ -2057,7 +2080,7 @@ fn apply_known_gaps(case: &Case, report: &mut CaseReport) -> (Vec<String>, Vec<S
             g.covers(request, &m.field)
                 && g.mentions
                     .as_deref()
-                    .is_none_or(|text| m.subject.contains(text))
+                    .is_none_or(|text| refused_field(&m.subject).contains(text))
         });
         match found {
             Some(i) => {
@@ -2115,8 +2138,9 @@ fn apply_known_gaps(case: &Case, report: &mut CaseReport) -> (Vec<String>, Vec<S
         } else {
             let why = match (&refused, &gap.mentions) {
                 (Some(line), Some(text)) => format!(
-                    "keel still refuses the bootstrap, but no longer for {text:?}: it says \
-                     {line:?}; update this gap (its why and mentions)"
+                    "keel still refuses the bootstrap, but no longer for {text:?}: it refuses \
+                     {:?} ({line:?}); update this gap (its why and mentions)",
+                    refused_field(line)
                 ),
                 _ => "keel matches Envoy there now, remove it from known_gaps".to_string(),
             };
@@ -2235,8 +2259,21 @@ pub fn run_case(
         let description = spec.describe();
         let fields = compare_list(case, spec, has_log);
         let group = spec.group_size();
-        for (i, step) in spec.steps.iter().enumerate() {
-            if let Err(why) = a.run_step(step) {
+        // Both proxies run the steps at the same time (waits are paid once).
+        let run_steps = |proxy: &Proxy| -> Vec<Result<(), String>> {
+            spec.steps.iter().map(|step| proxy.run_step(step)).collect()
+        };
+        let (steps_a, steps_b) = std::thread::scope(|scope| {
+            let b_steps = b
+                .as_ref()
+                .filter(|_| !spec.steps.is_empty())
+                .map(|b| scope.spawn(|| run_steps(b)));
+            let a_steps = run_steps(&a);
+            let b_steps = b_steps.map(|h| h.join().expect("the steps thread panicked"));
+            (a_steps, b_steps.unwrap_or_default())
+        });
+        for (i, result) in steps_a.into_iter().enumerate() {
+            if let Err(why) = result {
                 report.case_errors.push(format!(
                     "case {}: request {description}: step {} failed at {}: {why}",
                     case.name,
@@ -2244,16 +2281,16 @@ pub fn run_case(
                     a.label
                 ));
             }
-            if let Some(b) = &b {
-                if let Err(why) = b.run_step(step) {
-                    report.mismatches.push(Mismatch {
-                        case: case.name.clone(),
-                        request: description.clone(),
-                        field: "step".into(),
-                        reference: format!("step {} done", i + 1),
-                        subject: why,
-                    });
-                }
+        }
+        for (i, result) in steps_b.into_iter().enumerate() {
+            if let Err(why) = result {
+                report.mismatches.push(Mismatch {
+                    case: case.name.clone(),
+                    request: description.clone(),
+                    field: "step".into(),
+                    reference: format!("step {} done", i + 1),
+                    subject: why,
+                });
             }
         }
         let is_stat = |f: &str| f.starts_with("stat.") || f.starts_with("gauge.");
@@ -2787,12 +2824,84 @@ mod tests {
     }
 
     #[test]
+    fn groups_count_values_and_expand_indexes() {
+        assert_eq!(
+            multiset(["503", "200", "503"].map(String::from)),
+            "200 x1; 503 x2"
+        );
+        assert_eq!(expand_index("user-{{i%3}}/{{i}}", 7), "user-1/7");
+        assert_eq!(expand_index("no index", 7), "no index");
+        assert_eq!(dechunk("5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"), "hello!");
+        let before = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 5)]);
+        let after = BTreeMap::from([("a".to_string(), 3), ("c".to_string(), 1)]);
+        assert_eq!(
+            stat_deltas(&before, &after),
+            BTreeMap::from([("a".to_string(), 1), ("c".to_string(), 1)])
+        );
+    }
+
+    #[test]
+    fn known_gaps_ratchet_per_listed_request() {
+        let case: Case = serde_yaml::from_str(
+            "name: c\nbootstrap: ''\nrequests: []\nknown_gaps:\n\
+             - {what: status, requests: [one, two], why: retries}\n\
+             - {what: config, mentions: circuit_breakers, why: breakers}\n",
+        )
+        .unwrap();
+        let mismatch = |request: &str, field: &str, subject: &str| Mismatch {
+            case: "c".into(),
+            request: format!("\"{request}\" (GET /)"),
+            field: field.into(),
+            reference: "x".into(),
+            subject: subject.into(),
+        };
+        let mut report = CaseReport {
+            mismatches: vec![
+                mismatch("one", "status", "503"),
+                mismatch("three", "status", "503"),
+            ],
+            ..CaseReport::default()
+        };
+        let (known, listing) = apply_known_gaps(&case, &mut report);
+        assert_eq!(known.len(), 1, "{known:?}");
+        assert_eq!(report.mismatches.len(), 1, "request three is not listed");
+        assert_eq!(listing.len(), 2);
+        // "two" agrees now, and the config gap covers nothing.
+        assert_eq!(report.case_errors.len(), 2, "{:?}", report.case_errors);
+        assert!(report.case_errors[0].contains("\"two\""));
+
+        let mut refused = CaseReport {
+            mismatches: vec![mismatch(
+                "(none: startup)",
+                "config",
+                "Error: x.health_checks: no",
+            )],
+            subject_refused: Some("Error: x.health_checks: no".into()),
+            ..CaseReport::default()
+        };
+        let _ = apply_known_gaps(&case, &mut refused);
+        assert_eq!(
+            refused.mismatches.len(),
+            1,
+            "mentions circuit_breakers, not health_checks"
+        );
+        assert!(
+            refused
+                .case_errors
+                .iter()
+                .any(|e| e.contains("no longer for")),
+            "{:?}",
+            refused.case_errors
+        );
+    }
+
+    #[test]
     fn every_case_file_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("diff");
         let cases = load_cases(&dir);
         assert!(
-            cases.len() >= 8,
-            "expected at least 8 cases, found {}",
+            cases.len() >= 19,
+            "expected at least 19 cases, found {}",
             cases.len()
         );
     }
