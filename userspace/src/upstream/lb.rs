@@ -247,14 +247,11 @@ impl LoadBalancer {
             }
             Kind::Empty => return None,
         };
-        // The hash (or a random number) picks the priority, as in Envoy.
-        let hash = match context.hash {
-            Some(h) => h,
-            None => fast_random(),
-        };
         let level = if levels.len() == 1 {
             &levels[0]
         } else {
+            // The hash (or a random number) picks the priority, as in Envoy.
+            let hash = context.hash.unwrap_or_else(fast_random);
             let point = (hash % 100) as u32 + 1;
             levels
                 .iter()
@@ -273,13 +270,13 @@ impl LoadBalancer {
                 &level.pickers[order[(n % order.len() as u64) as usize] as usize]
             }
         };
-        picker.pick(hosts, hash, attempt)
+        picker.pick(hosts, context.hash, attempt)
     }
 }
 
 impl Picker {
     #[inline]
-    fn pick(&self, hosts: &[Arc<Host>], hash: u64, attempt: u32) -> Option<usize> {
+    fn pick(&self, hosts: &[Arc<Host>], hash: Option<u64>, attempt: u32) -> Option<usize> {
         if self.is_empty() {
             return None;
         }
@@ -307,8 +304,9 @@ impl Picker {
                 hosts: weighted,
                 bias,
             } => pick_weighted_least_request(hosts, weighted, *bias),
-            // `hash` is random when the request has none (as in Envoy).
+            // A random point when the request has no hash (as in Envoy).
             Picker::Ring(ring) => {
+                let hash = hash.unwrap_or_else(fast_random);
                 let mut i = ring.partition_point(|&(entry, _)| entry < hash);
                 if i == ring.len() {
                     i = 0;
@@ -319,6 +317,7 @@ impl Picker {
                 ring[i].1 as usize
             }
             Picker::Maglev(table) => {
+                let hash = hash.unwrap_or_else(fast_random);
                 let h = if attempt > 0 {
                     // Another host for a retry: mix the attempt into the hash.
                     let mut x = hash ^ (u64::from(attempt)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
