@@ -4,12 +4,15 @@
 //! `filter_chain_match` picks ([`chains`]), after the listener filters (tls_inspector,
 //! http_inspector) looked at its first bytes ([`inspect`]). A chain is one terminal
 //! network filter:
-//! - `tcp_proxy`: pick an endpoint of the cluster with the same tables the kernel
-//!   uses ([`crate::cluster`]), connect within `connect_timeout`, and copy both ways
-//!   until either side closes or `idle_timeout` passes without a byte;
+//! - `tcp_proxy`: pick a host of the cluster with its load balancer
+//!   ([`crate::upstream`]: health, priorities, DNS discovery), connect within
+//!   `connect_timeout`, and copy both ways until either side closes or `idle_timeout`
+//!   passes without a byte;
 //! - `http_connection_manager`: serve HTTP/1.1 and h2c with
 //!   [`crate::http::ConnectionManager`], forwarding through the clusters' connection
-//!   pools ([`crate::upstream`]), which all HTTP listeners share.
+//!   pools ([`crate::upstream`]).
+//!
+//! All listeners share one set of clusters ([`Upstreams`]).
 //!
 //! Each listener is bound with SO_REUSEPORT once per runtime worker (`--concurrency`),
 //! each socket with its own accept loop: the kernel spreads new connections over the
@@ -231,18 +234,15 @@ fn chain_handler(
             } else {
                 &config.weighted_clusters[..]
             };
+            let upstreams =
+                upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
             let proxies = split
                 .iter()
                 .map(|(name, weight)| {
-                    let cluster = bootstrap
-                        .cluster(name)
+                    let cluster = upstreams
+                        .get(name)
+                        .cloned()
                         .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
-                    if cluster.discovery != crate::model::Discovery::Static {
-                        return Err(unsupported(
-                            "the userspace tcp_proxy balances STATIC clusters only; its cluster \
-                             discovers its hosts (DNS or ORIGINAL_DST)",
-                        ));
-                    }
                     let proxy = tcp_proxy::TcpProxy::new(config.clone(), cluster)
                         .with_buffer_limit(listener.buffer_limit);
                     Ok((Arc::new(proxy), *weight))

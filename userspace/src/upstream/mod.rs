@@ -339,6 +339,11 @@ impl ClusterUpstream {
         }
     }
 
+    /// The cluster's `connect_timeout`.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// The cluster's load-balancing policy.
     pub fn lb_policy(&self) -> LbPolicy {
         self.lb_policy

@@ -378,3 +378,83 @@ async fn original_dst_goes_where_the_header_says() {
     let (status, _, _) = get(keel, &[("x-envoy-original-dst-host", "not-an-address")]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn tcp_proxy_balances_a_strict_dns_cluster_with_priorities() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Backends that greet each connection with their name.
+    async fn greeter(name: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = stream.write_all(name.as_bytes()).await;
+                    let mut sink = [0u8; 64];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        address
+    }
+    let primary = greeter("primary").await;
+    let standby = greeter("standby").await;
+    let yaml = format!(
+        "static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: tcp, cluster: dns_tcp}}
+  clusters:
+  - name: dns_tcp
+    type: STRICT_DNS
+    dns_lookup_family: V4_ONLY
+    load_assignment:
+      cluster_name: dns_tcp
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}
+      - priority: 1
+        lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: localhost, port_value: {}}}}}}}
+",
+        primary.port(),
+        standby.port()
+    );
+    let bootstrap = crate::config::load_str(&yaml, crate::config::Format::Yaml)
+        .unwrap_or_else(|e| panic!("bootstrap should load: {e}\n{yaml}"));
+    let listeners = crate::listener::start(&bootstrap)
+        .await
+        .expect("listeners start");
+    let keel = listeners.addresses[0];
+    let greeting = || async move {
+        let mut stream = TcpStream::connect(keel).await.expect("connect keel");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    for _ in 0..3 {
+        assert_eq!(greeting().await, "primary");
+    }
+    // Priority 0 unhealthy: the standby takes the connections.
+    let cluster = listeners
+        .upstreams
+        .as_ref()
+        .and_then(|u| u.get("dns_tcp"))
+        .cloned()
+        .expect("the cluster");
+    let hosts = cluster.hosts();
+    let host = hosts.hosts.iter().find(|h| h.address == primary).unwrap();
+    host.health.set(HealthFlags::FAILED_ACTIVE_HC);
+    drop(hosts);
+    cluster.health_changed();
+    for _ in 0..3 {
+        assert_eq!(greeting().await, "standby");
+    }
+}
