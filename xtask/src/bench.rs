@@ -216,18 +216,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Raises RLIMIT_NOFILE (soft and hard) to [`NOFILE_LIMIT`] for this process and so for
-/// the processes it starts; never lowers it.
+/// Raises RLIMIT_NOFILE for this process and so for the processes it starts: to
+/// [`NOFILE_LIMIT`] where allowed, else (a container without CAP_SYS_RESOURCE) the soft
+/// limit up to the hard one. Never lowers it.
 fn raise_nofile_limit() -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
     if soft >= NOFILE_LIMIT {
         return Ok(());
     }
-    let hard = hard.max(NOFILE_LIMIT);
-    setrlimit(Resource::RLIMIT_NOFILE, NOFILE_LIMIT, hard)
-        .with_context(|| format!("raising RLIMIT_NOFILE to {NOFILE_LIMIT}"))?;
-    println!("[bench] RLIMIT_NOFILE raised from {soft} to {NOFILE_LIMIT} (for the bench and its processes)");
+    let raised = if setrlimit(
+        Resource::RLIMIT_NOFILE,
+        NOFILE_LIMIT,
+        hard.max(NOFILE_LIMIT),
+    )
+    .is_ok()
+    {
+        NOFILE_LIMIT
+    } else {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .with_context(|| format!("raising RLIMIT_NOFILE to its hard limit {hard}"))?;
+        hard
+    };
+    println!(
+        "[bench] RLIMIT_NOFILE raised from {soft} to {raised} (for the bench and its processes)"
+    );
     Ok(())
 }
 

@@ -180,12 +180,12 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         name: "latency",
-        description: "HTTP/1.1 at a fixed 5,000 req/s over 16 connections (open loop, latency from the intended send time)",
+        description: "HTTP/1.1 at a fixed 5,000 req/s over 50 connections (open loop, latency from the intended send time)",
         downstream: Protocol::Http1,
         upstream: Protocol::Http1,
         load: Load::Rate {
             rate: 5000.0,
-            connections: 16,
+            connections: 50,
         },
         target: None,
     },
@@ -512,7 +512,8 @@ pub fn start_peer(
             )?
         }
         Peer::Haproxy => {
-            let config = write("haproxy.cfg", peers::haproxy_http_config(route))?;
+            let maxconn = peers::haproxy_max_connections(nofile_limit());
+            let config = write("haproxy.cfg", peers::haproxy_http_config(route, maxconn))?;
             Service::start(
                 "haproxy",
                 sandbox
@@ -545,6 +546,12 @@ pub fn start_peer(
         }
     };
     Ok(Started::Running(service))
+}
+
+/// This process's RLIMIT_NOFILE (soft), which the proxies inherit.
+pub fn nofile_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
 }
 
 /// Files a load needs, written once per scenario.
@@ -931,10 +938,13 @@ impl Results<'_> {
                 (peer.name().to_string(), median.load.spectrum.clone())
             })
             .collect();
-        svg::latency_plot(
-            &format!("Latency at a fixed rate: {}", self.spec.description),
-            &series,
-        )
+        let title = match self.spec.load {
+            Load::Rate { rate, connections } => format!(
+                "HTTP/1.1 at {rate:.0} req/s over {connections} connections, open loop: latency by percentile"
+            ),
+            _ => format!("{}: latency by percentile", self.spec.name),
+        };
+        svg::latency_plot(&title, &series)
     }
 
     fn to_json(&self, quick: bool) -> Value {

@@ -101,7 +101,21 @@ pub fn run(ctx: &Context) -> Result<()> {
         Ok(_) => peers.push(Peer::Envoy),
         Err(reason) => skipped.push((Peer::Envoy, reason.clone())),
     }
-    peers.extend([Peer::Haproxy, Peer::Nginx]);
+    let haproxy_room = super::peers::haproxy_max_connections(http::nofile_limit());
+    if haproxy_room >= settings.h1_connections as u64 + 100 {
+        peers.push(Peer::Haproxy);
+    } else {
+        skipped.push((
+            Peer::Haproxy,
+            format!(
+                "RLIMIT_NOFILE {} lets HAProxy accept {haproxy_room} connections, fewer than {} (it reserves two \
+                 descriptors per connection, and this machine's hard limit cannot be raised)",
+                http::nofile_limit(),
+                settings.h1_connections
+            ),
+        ));
+    }
+    peers.push(Peer::Nginx);
     let mut samples: Vec<Vec<Sample>> = peers.iter().map(|_| Vec::new()).collect();
     for repetition in 1..=settings.repetitions {
         let mut order: Vec<usize> = (0..peers.len()).collect();
