@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Seconds of one HTTP measurement (default 5; 1 with --quick).
     #[arg(long, value_name = "S")]
     pub sample_seconds: Option<u32>,
+    /// Request rate of the `latency` scenario, requests per second (default 2000).
+    #[arg(long, value_name = "RPS")]
+    pub rate: Option<f64>,
     /// Bench this keel binary (it must embed its eBPF object) instead of building one
     /// with `cargo xtask build --release`.
     #[arg(long, value_name = "PATH")]
@@ -91,6 +94,8 @@ pub struct Context {
     pub repetitions: Option<usize>,
     /// `--sample-seconds`.
     pub seconds: Option<u32>,
+    /// `--rate`.
+    pub rate: Option<f64>,
 }
 
 /// A scenario: name, one-line description, entry point.
@@ -202,6 +207,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         envoy,
         repetitions: args.repetitions,
         seconds: args.sample_seconds,
+        rate: args.rate,
     };
     // From here on Ctrl-C sets a flag that every wait checks, so the sandbox is removed.
     procs::catch_interrupts()?;

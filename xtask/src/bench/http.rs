@@ -48,6 +48,10 @@ const MAX_ERROR_SHARE: f64 = 0.01;
 /// Body size of the default response and of the gRPC messages.
 pub const SMALL_BODY: usize = 64;
 
+/// Default request rate of the `latency` scenario: about a tenth of what Envoy, the
+/// slowest peer, serves with one worker, so every peer runs far from saturation.
+const DEFAULT_RATE: f64 = 2000.0;
+
 /// The gRPC method h2load calls.
 const GRPC_PATH: &str = "/bench.Bench/Unary";
 
@@ -180,11 +184,11 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         name: "latency",
-        description: "HTTP/1.1 at a fixed 5,000 req/s over 50 connections (open loop, latency from the intended send time)",
+        description: "HTTP/1.1 at a fixed rate (default 2,000 req/s, `--rate`) over 50 connections (open loop, latency from the intended send time)",
         downstream: Protocol::Http1,
         upstream: Protocol::Http1,
         load: Load::Rate {
-            rate: 5000.0,
+            rate: DEFAULT_RATE,
             connections: 50,
         },
         target: None,
@@ -282,7 +286,14 @@ pub fn h1_newconn(ctx: &Context) -> Result<()> {
 }
 /// `latency`.
 pub fn latency(ctx: &Context) -> Result<()> {
-    run(ctx, &SPECS[4])
+    let mut spec = SPECS[4];
+    if let (Some(rate), Load::Rate { connections, .. }) = (ctx.rate, spec.load) {
+        spec.load = Load::Rate {
+            rate: rate.clamp(1.0, 1e6),
+            connections,
+        };
+    }
+    run(ctx, &spec)
 }
 /// `large`.
 pub fn large(ctx: &Context) -> Result<()> {
@@ -990,6 +1001,7 @@ impl Results<'_> {
                 "traffic": "network namespace with loopback only",
             },
             "load": format!("{:?}", self.spec.load),
+            "rate": match self.spec.load { Load::Rate { rate, .. } => Some(rate), _ => None },
             "settings": {
                 "repetitions": self.settings.repetitions,
                 "seconds": self.settings.seconds,
