@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::build::{self, Profile};
+use crate::build;
 use crate::setup;
 
 /// Arguments of `cargo xtask bench`.
@@ -182,7 +182,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Err(reason) = &envoy {
         println!("[bench] Envoy is optional and will be skipped: {reason}");
     }
-    let keel = match &args.keel {
+    let (tools, keel) = match &args.keel {
         Some(keel) => {
             let keel =
                 std::path::absolute(keel).with_context(|| format!("--keel {}", keel.display()))?;
@@ -190,13 +190,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 bail!("--keel {}: no such file", keel.display());
             }
             println!("[bench] keel: {} (given, not built)", keel.display());
-            keel
+            (build::build_bench_tools(None)?.0, keel)
         }
-        None => build::build_all(Profile::Release)?,
+        None => {
+            // keel in release with its eBPF object (as `cargo xtask build --release`),
+            // built in one cargo run with the bench's own programs.
+            setup::ensure_toolchain()?;
+            let object = build::build_ebpf_object()?;
+            let (tools, keel) = build::build_bench_tools(Some(&object))?;
+            (tools, keel.context("the build reported no keel")?)
+        }
     };
     let out_dir = build::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let tools = build::build_bench_tools()?;
     let context = Context {
         quick: args.quick,
         keel,

@@ -139,25 +139,31 @@ pub struct BenchTools {
 }
 
 /// Builds the `keel-bench-tools` crate in release (they must not be the bottleneck) and
-/// returns its two executables.
-pub fn build_bench_tools() -> Result<BenchTools> {
+/// returns its two executables. With `keel_object`, keel (embedding that eBPF object)
+/// is built in the same cargo run, so both share their dependencies' artifacts, and its
+/// path is returned too.
+pub fn build_bench_tools(keel_object: Option<&Path>) -> Result<(BenchTools, Option<PathBuf>)> {
     let mut cargo = cmd::outer_cargo();
+    cargo.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "keel-bench-tools",
+    ]);
+    if let Some(object) = keel_object {
+        cargo
+            .env(EBPF_OBJECT_VARIABLE, object)
+            .args(["--package", "keel"]);
+    }
     cargo
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "keel-bench-tools",
-            "--bins",
-        ])
+        .arg("--bins")
         .arg("--message-format=json-render-diagnostics");
     let output = cmd::output_of(cargo.stderr(Stdio::inherit()))?;
     cmd::check_success(&cargo, output.status)?;
     let messages = String::from_utf8_lossy(&output.stdout);
     let find = |name: &str| {
         executable_named(&messages, name)
-            .with_context(|| format!("cargo built keel-bench-tools but reported no `{name}`"))
+            .with_context(|| format!("cargo built {name} but reported no executable for it"))
     };
     let tools = BenchTools {
         backend: find("bench-backend")?,
@@ -168,7 +174,15 @@ pub fn build_bench_tools() -> Result<BenchTools> {
         tools.backend.display(),
         tools.client.display()
     );
-    Ok(tools)
+    let keel = match keel_object {
+        Some(_) => {
+            let keel = find("keel")?;
+            println!("[build] keel: {}", keel.display());
+            Some(keel)
+        }
+        None => None,
+    };
+    Ok((tools, keel))
 }
 
 /// The path of the binary `name` in cargo's JSON messages.

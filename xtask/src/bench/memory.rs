@@ -63,6 +63,16 @@ impl Settings {
         if let Some(n) = ctx.repetitions {
             settings.repetitions = n.max(1);
         }
+        // A proxy holds one descriptor per idle connection, and the holder as many: stay
+        // under the descriptor limit (the table names the count used).
+        let room = usize::try_from(http::nofile_limit().saturating_sub(500)).unwrap_or(usize::MAX);
+        if settings.h1_connections > room {
+            println!(
+                "[bench] memory: RLIMIT_NOFILE allows {room} idle connections, not {}",
+                settings.h1_connections
+            );
+            settings.h1_connections = room.max(1);
+        }
         settings
     }
 
