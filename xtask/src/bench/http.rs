@@ -375,6 +375,7 @@ fn run(ctx: &Context, spec: &Spec) -> Result<()> {
         }
     }
     let mut samples: Vec<Vec<Sample>> = running.iter().map(|_| Vec::new()).collect();
+    let mut retries: Vec<String> = Vec::new();
     for repetition in 1..=settings.repetitions {
         let mut order: Vec<usize> = (0..running.len()).collect();
         if repetition % 2 == 0 {
@@ -384,7 +385,7 @@ fn run(ctx: &Context, spec: &Spec) -> Result<()> {
             procs::check_interrupted()?;
             let r = &running[index];
             let label = format!("{}-{repetition}", r.peer.name());
-            let sample = measure(
+            let measured = measure(
                 ctx,
                 &sandbox,
                 &dir,
@@ -393,8 +394,37 @@ fn run(ctx: &Context, spec: &Spec) -> Result<()> {
                 r,
                 settings.seconds,
                 &label,
-            )
-            .with_context(|| format!("peer `{}`, repetition {repetition}", r.peer.name()))?;
+            );
+            let sample = match measured {
+                Ok(sample) => sample,
+                // A shared machine can stall a proxy for a moment (seen once in a quick
+                // run: a second with almost no request served). Measure once more and
+                // keep the failure in the record; a broken peer fails twice.
+                Err(error) => {
+                    println!(
+                        "[bench] {}/{label} failed ({error:#}); measuring it once more",
+                        spec.name
+                    );
+                    retries.push(format!("{label}: {error:#}"));
+                    let label = format!("{label}-retry");
+                    measure(
+                        ctx,
+                        &sandbox,
+                        &dir,
+                        spec,
+                        &prepared,
+                        r,
+                        settings.seconds,
+                        &label,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "peer `{}`, repetition {repetition}, measured twice (first: {error:#})",
+                            r.peer.name()
+                        )
+                    })?
+                }
+            };
             println!(
                 "[bench] {}/{label}: {:.0} req/s, p50 {} p99 {}{}{}",
                 spec.name,
@@ -425,6 +455,7 @@ fn run(ctx: &Context, spec: &Spec) -> Result<()> {
         peers: running.iter().map(|r| r.peer).collect(),
         samples,
         skipped,
+        retries,
         load_before,
         load_after: report::load_average()?,
         others_during: CpuTimes::now()?.others_since(&cpu_before),
@@ -756,6 +787,8 @@ struct Results<'a> {
     peers: Vec<Peer>,
     samples: Vec<Vec<Sample>>,
     skipped: Vec<(Peer, String)>,
+    /// Samples that failed once and were measured again.
+    retries: Vec<String>,
     load_before: [f64; 3],
     load_after: [f64; 3],
     others_during: f64,
@@ -897,6 +930,9 @@ impl Results<'_> {
         for (peer, reason) in &self.skipped {
             notes.push_str(&format!("- {}: skipped ({reason})\n", peer.name()));
         }
+        for retry in &self.retries {
+            notes.push_str(&format!("- measured again after a failure: {retry}\n"));
+        }
         if let (Some(target), Some(keel), Some((best, best_rps))) =
             (self.spec.target, self.keel_index(), self.best_peer())
         {
@@ -1013,6 +1049,7 @@ impl Results<'_> {
             "other_work_cores_during": self.others_during,
             "peers": peers,
             "skipped": self.skipped.iter().map(|(p, r)| json!({"name": p.name(), "reason": r})).collect::<Vec<_>>(),
+            "retried_after_failure": self.retries,
         })
     }
 }
@@ -1058,6 +1095,7 @@ mod tests {
                 vec![sample(50_000.0, 1000.0, Some(5.0)); 3],
             ],
             skipped: vec![(Peer::Envoy, "not installed".into())],
+            retries: vec![],
             load_before: [0.0; 3],
             load_after: [0.0; 3],
             others_during: 0.0,
