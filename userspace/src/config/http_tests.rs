@@ -9,8 +9,8 @@ use super::*;
 use crate::model::http::{
     AccessLog, AccessLogFilter, AccessLogFormat, AccessLogSink, AppendAction, ClusterSpecifier,
     Codec, Comparison, ComparisonOp, HeaderValueOption, HostRewrite, Http2Options,
-    HttpConnectionManager, HttpFilter, HttpTimeouts, PathMatch, RetryPolicy, Route, RouteAction,
-    ServerHeader, StringMatchKind, StringMatcher, UnderscoreAction, ValueMatch,
+    HttpConnectionManager, HttpFilter, HttpTimeouts, PathMatch, RetryOn, RetryPolicy, Route,
+    RouteAction, ServerHeader, StringMatchKind, StringMatcher, UnderscoreAction, ValueMatch,
     DEFAULT_ACCESS_LOG_FORMAT,
 };
 use crate::model::{Bootstrap, NetworkFilter, UpstreamProtocol};
@@ -581,6 +581,8 @@ fn gateway_config_converts_to_the_model() {
             num_retries: 3,
             per_try_timeout: Some(Duration::from_secs(2)),
             retriable_status_codes: vec![],
+            conditions: RetryOn(RetryOn::GRPC_UNAVAILABLE | RetryOn::GRPC_CANCELLED),
+            ..RetryPolicy::default()
         })
     );
 
@@ -796,6 +798,8 @@ route_config:
             num_retries: 1,
             per_try_timeout: None,
             retriable_status_codes: vec![503, 504],
+            conditions: RetryOn(RetryOn::FIVE_XX),
+            ..RetryPolicy::default()
         }),
         "num_retries defaults to 1"
     );
@@ -1336,10 +1340,10 @@ fn cluster_protocol_option_rejections() {
     let cluster = "static_resources.clusters[1]";
     expect_error(
         &options(
-            "        explicit_http_config: {http2_protocol_options: {max_concurrent_streams: 10}}\n",
+            "        explicit_http_config: {http2_protocol_options: {initial_stream_window_size: 65535}}\n",
             key,
         ),
-        &format!("{cluster}.typed_extension_protocol_options.{key}.explicit_http_config.http2_protocol_options.max_concurrent_streams"),
+        &format!("{cluster}.typed_extension_protocol_options.{key}.explicit_http_config.http2_protocol_options.initial_stream_window_size"),
         "not supported yet",
     );
     expect_error(

@@ -103,6 +103,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         "envoy.config.core.v3.HttpProtocolOptions",
         &[
             "idle_timeout",
+            "max_requests_per_connection",
             "max_connection_duration",
             "max_headers_count",
             "max_stream_duration",
@@ -137,6 +138,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "name",
             "domains",
             "routes",
+            "retry_policy",
+            "include_request_attempt_count",
+            "include_attempt_count_in_response",
+            "per_request_buffer_limit_bytes",
+            "request_body_buffer_limit",
             "request_headers_to_add",
             "request_headers_to_remove",
             "response_headers_to_add",
@@ -151,6 +157,8 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "route",
             "redirect",
             "direct_response",
+            "per_request_buffer_limit_bytes",
+            "request_body_buffer_limit",
             "request_headers_to_add",
             "request_headers_to_remove",
             "response_headers_to_add",
@@ -229,6 +237,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "request_mirror_policies",
             "retry_policy",
+            "priority",
         ],
     ),
     (
@@ -249,8 +258,25 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "retry_on",
             "num_retries",
             "per_try_timeout",
+            "per_try_idle_timeout",
             "retriable_status_codes",
+            "retriable_headers",
+            "retry_back_off",
+            "retry_host_predicate",
+            "host_selection_retry_max_attempts",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+        &["name", "typed_config"],
+    ),
+    (
+        "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+        &[],
     ),
     (
         "envoy.config.route.v3.RedirectAction",
@@ -328,8 +354,27 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "load_assignment",
             "typed_extension_protocol_options",
             "http2_protocol_options",
+            "circuit_breakers",
         ],
     ),
+    ("envoy.config.cluster.v3.CircuitBreakers", &["thresholds"]),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds",
+        &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "retry_budget",
+            "track_remaining",
+        ],
+    ),
+    (
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget",
+        &["budget_percent", "min_retry_concurrency"],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
     (
         "envoy.config.cluster.v3.Cluster.MaglevLbConfig",
         &["table_size"],
@@ -353,7 +398,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ("envoy.config.endpoint.v3.Endpoint", &["address"]),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        &["explicit_http_config", "use_downstream_protocol_config"],
+        &[
+            "explicit_http_config",
+            "use_downstream_protocol_config",
+            "common_http_protocol_options",
+        ],
     ),
     (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig",

@@ -95,6 +95,7 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         mirrors: Vec::new(),
         retry_policy: None,
         hash_policy: Vec::new(),
+        options: Default::default(),
     }))
 }
 
