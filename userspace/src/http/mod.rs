@@ -53,6 +53,9 @@ mod headers;
 pub mod local_reply;
 mod proxy;
 mod request;
+mod retry;
+#[cfg(test)]
+mod retry_tests;
 mod stats;
 mod stream;
 #[cfg(test)]
@@ -186,9 +189,18 @@ impl ConnectionManager {
                     .iter()
                     .map(|route| RouteExtras {
                         expected_timeout: match &route.action {
-                            RouteAction::Forward(forward) => forward
-                                .timeout
-                                .map(|t| headers::configured_millis_value(t.as_millis() as u64)),
+                            // Envoy's: the per-try timeout when it is the shorter one.
+                            RouteAction::Forward(forward) => {
+                                let per_try = forward
+                                    .retry_policy
+                                    .as_ref()
+                                    .and_then(|p| p.per_try_timeout);
+                                match (forward.timeout, per_try) {
+                                    (Some(global), Some(per_try)) => Some(global.min(per_try)),
+                                    (global, per_try) => global.or(per_try),
+                                }
+                                .map(|t| headers::configured_millis_value(t.as_millis() as u64))
+                            }
                             _ => None,
                         },
                         response_reads_request: route_level_reads

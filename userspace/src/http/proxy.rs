@@ -19,6 +19,10 @@ use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
 use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
 use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
+use super::retry::{
+    Decision, Failure, RequestBuffer, RetryState, DEFAULT_BUFFER_LIMIT, X_ENVOY_ATTEMPT_COUNT,
+    X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite};
@@ -26,7 +30,7 @@ use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::hash::{request_hash, RequestHash};
 use crate::upstream::{
-    fast_random, ClusterUpstream, Outcome, PickContext, UpstreamError, WireProtocol,
+    fast_random, ClusterUpstream, Host, Outcome, PickContext, UpstreamError, WireProtocol,
 };
 
 /// Frames a mirror may lag behind its request before it is cut off.
@@ -70,6 +74,31 @@ impl Connection {
                 Some(stream.info.downstream_remote.ip()),
             )
         };
+        let upgrade = meta.upgrade.is_some();
+        // `x-envoy-*` control headers reach the router only from filters: the
+        // connection manager removes them from every client (no address is internal).
+        let trusted_headers = meta.filters_ran > 0;
+        let retry = if upgrade || (forward.retry_policy.is_none() && !trusted_headers) {
+            None
+        } else {
+            RetryState::new(
+                forward.retry_policy.as_ref(),
+                &mut parts.headers,
+                trusted_headers,
+            )
+        };
+        let mut route_timeout = forward.timeout;
+        if trusted_headers {
+            if let Some(value) = parts.headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+                if let Some(ms) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    route_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+            }
+        }
         let pick = PickContext {
             hash: hash.value,
             ..PickContext::default()
@@ -114,7 +143,15 @@ impl Connection {
             }
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
-        if let Some(expected) = &extras.expected_timeout {
+        if route_timeout != forward.timeout {
+            let expected = route_timeout.map(|t| millis_value(t.as_millis() as u64));
+            match expected {
+                Some(expected) => parts
+                    .headers
+                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected),
+                None => parts.headers.remove(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS),
+            };
+        } else if let Some(expected) = &extras.expected_timeout {
             parts
                 .headers
                 .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected.clone());
@@ -143,10 +180,9 @@ impl Connection {
         {
             let s = &mut *stream;
             s.timers
-                .set_route(forward.timeout, forward.idle_timeout, &s.request);
+                .set_route(route_timeout, forward.idle_timeout, &s.request);
         }
 
-        let upgrade = meta.upgrade.is_some();
         let protocol = if upgrade {
             WireProtocol::Http1
         } else {
@@ -156,6 +192,25 @@ impl Connection {
             let reply = LocalReply::new(StatusCode::BAD_REQUEST, "").details("missing_host_header");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         }
+        if let Some(retry) = retry {
+            // Boxed: the retry loop is the less common path and its state is large.
+            let attempt = Attempt {
+                cluster,
+                host,
+                protocol,
+                set_cookie: hash.set_cookie,
+                hash: hash.value,
+            };
+            return Box::pin(self.forward_with_retries(
+                stream, parts, body, selected, forward, meta, attempt, retry,
+            ))
+            .await;
+        }
+        let priority = forward.options.priority;
+        if forward.options.include_request_attempt_count {
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+        }
+        stream.info.upstream_attempt_count = 1;
         let request = Request::from_parts(parts, body);
         let sent_at = Instant::now();
         let send = async {
@@ -163,7 +218,7 @@ impl Connection {
                 // Boxed: a new connection's future is large and upgrades are rare.
                 Box::pin(cluster.send_upgrade(&host, request)).await
             } else {
-                cluster.send(&host, protocol, request).await
+                cluster.send_at(&host, protocol, priority, request).await
             }
         };
         let outcome = {
@@ -187,49 +242,32 @@ impl Connection {
         };
 
         match outcome {
-            Ok(Ok((mut response, lease))) => {
+            Ok(Ok((response, lease))) => {
                 cluster.record_outcome(&host, Outcome::Response(response.status().as_u16()));
-                let now = Instant::now();
-                if stream.log {
-                    stream.info.response_duration =
-                        Some(now.saturating_duration_since(stream.info.start));
-                    stream.info.response_code_details = Some("via_upstream".to_owned());
-                }
-                stream.lease = Some(lease);
-                let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
-                let (mut head, body) = response.into_parts();
-                head.headers.insert(
-                    X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
-                );
-                selected.apply_response_headers(
-                    &mut head.headers,
-                    &FormatContext::new(&stream.info).with_scheme(SCHEME),
-                );
-                hcm.headers.mutate_response(&mut head.headers, upgraded);
-                if let Some(cookie) = hash.set_cookie {
-                    head.headers.append(http::header::SET_COOKIE, cookie);
-                }
                 let mut meta = meta;
-                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take())
-                {
-                    splice(downstream, upstream);
-                }
-                let response = Response::from_parts(head, Body::Incoming(body));
+                let response = self.upstream_response(
+                    &mut stream,
+                    response,
+                    lease,
+                    UpstreamResponse {
+                        sent_at,
+                        selected,
+                        set_cookie: hash.set_cookie,
+                        upgrade,
+                        attempt_count: forward
+                            .options
+                            .include_attempt_count_in_response
+                            .then_some(1),
+                    },
+                    &mut meta,
+                );
                 if meta.filters_ran == 0 {
                     return self.finish_response(stream, response);
                 }
                 Box::pin(self.respond(stream, response, &meta, Some(selected))).await
             }
             Ok(Err(error)) => {
-                let outcome = match error {
-                    UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
-                        Outcome::ConnectFailure
-                    }
-                    _ => Outcome::Reset,
-                };
-                cluster.record_outcome(&host, outcome);
+                cluster.record_outcome(&host, outcome_of(&error));
                 let reply = upstream_failure(&error);
                 tracing::debug!(cluster = cluster.name(), "{error}");
                 self.local_reply(stream, reply, &meta, Some(selected)).await
@@ -243,6 +281,299 @@ impl Connection {
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
         }
+    }
+
+    /// The forward of a request that may be retried: tries, back-offs and the
+    /// replayed body, all under the route's timeout (see [`super::retry`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_with_retries(
+        &self,
+        mut stream: StreamGuard,
+        parts: http::request::Parts,
+        body: Body,
+        selected: Selected<'_>,
+        forward: &ForwardAction,
+        meta: RequestMeta,
+        attempt: Attempt<'_>,
+        mut retry: RetryState<'_>,
+    ) -> Response<ResponseBody> {
+        let Attempt {
+            cluster,
+            mut host,
+            protocol,
+            set_cookie,
+            hash,
+        } = attempt;
+        let options = &forward.options;
+        let level = cluster.breakers.at(options.priority);
+        let buffer = (!body.is_end_stream()).then(|| {
+            RequestBuffer::new(body, options.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT))
+        });
+        let mut abandoned = false;
+        let head = parts;
+        let mut previous: Vec<Arc<Host>> = Vec::new();
+        let mut attempts: u32 = 0;
+        let mut first_sent = None;
+        loop {
+            attempts += 1;
+            stream.info.upstream_host = Some(host.address);
+            stream.info.upstream_attempt_count = attempts;
+            let mut parts = clone_head(&head);
+            if attempts > 1 && forward.host_rewrite == HostRewrite::Auto {
+                if let Ok(value) = HeaderValue::from_str(&host.address.to_string()) {
+                    set_authority(&mut parts, value);
+                }
+            }
+            if options.include_request_attempt_count {
+                parts
+                    .headers
+                    .insert(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+            }
+            let body = match &buffer {
+                Some(buffer) => buffer.replay(),
+                None => Body::Empty,
+            };
+            let request = Request::from_parts(parts, body);
+            let try_started = Instant::now();
+            let sent_at = *first_sent.get_or_insert(try_started);
+            let send = cluster.send_at(&host, protocol, options.priority, request);
+            let outcome = {
+                let s = &mut *stream;
+                let timers = &mut s.timers;
+                let request_state = &mut s.request;
+                let per_try = retry.per_try_timeout;
+                let mut per_try_sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+                let mut send = std::pin::pin!(send);
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = send.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(result));
+                    }
+                    if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        return Poll::Ready(Err(TryExpiry::Stream(expiry)));
+                    }
+                    if let Some(per_try) = per_try {
+                        if per_try_sleep.is_none() {
+                            // Envoy starts the per-try timer once the request is
+                            // complete (and the try started).
+                            if let RequestState::Complete { at, .. } = request_state {
+                                let start = (*at).max(try_started);
+                                per_try_sleep = Some(Box::pin(tokio::time::sleep_until(
+                                    tokio::time::Instant::from_std(start + per_try),
+                                )));
+                            }
+                        }
+                        if let Some(sleep) = &mut per_try_sleep {
+                            if sleep.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(TryExpiry::PerTry));
+                            }
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            if !abandoned && buffer.as_ref().is_some_and(|b| !b.can_replay()) {
+                // Past the buffer limit: this request is not retried any more.
+                abandoned = true;
+                cluster.stats.retry_or_shadow_abandoned.inc();
+            }
+            let replayable = !abandoned;
+
+            // Decide: the answer, or another try.
+            let (decision, result) = match outcome {
+                Ok(Ok((response, lease))) => {
+                    let status = response.status().as_u16();
+                    cluster.record_outcome(&host, Outcome::Response(status));
+                    let would =
+                        replayable && retry.would_retry_response(status, response.headers());
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Response(response, lease, sent_at),
+                    )
+                }
+                Ok(Err(error)) => {
+                    cluster.record_outcome(&host, outcome_of(&error));
+                    tracing::debug!(cluster = cluster.name(), "{error}");
+                    let would = replayable && retry.would_retry_failure(Failure::of(&error));
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Failure(upstream_failure(&error)),
+                    )
+                }
+                Err(TryExpiry::PerTry) => {
+                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                    cluster.record_outcome(&host, Outcome::Timeout);
+                    let would = replayable && retry.would_retry_failure(Failure::PerTryTimeout);
+                    let reply =
+                        LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                            .flag("UT")
+                            .details("upstream_per_try_timeout");
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Failure(reply),
+                    )
+                }
+                Err(TryExpiry::Stream(expiry)) => {
+                    retry.finish(level);
+                    if matches!(expiry, Expiry::Route) {
+                        cluster.record_outcome(&host, Outcome::Timeout);
+                    }
+                    let request_complete = matches!(stream.request, RequestState::Complete { .. });
+                    let reply = self.timeout_reply(expiry, request_complete, cluster);
+                    return self.local_reply(stream, reply, &meta, Some(selected)).await;
+                }
+            };
+            let back_off = match decision {
+                Decision::Retry(back_off) => back_off,
+                Decision::No | Decision::LimitExceeded | Decision::Overflow => {
+                    retry.finish(level);
+                    let flag = match decision {
+                        Decision::LimitExceeded => Some("URX"),
+                        Decision::Overflow => Some("UO"),
+                        _ => None,
+                    };
+                    return match result {
+                        TryResult::Response(response, lease, sent_at) => {
+                            if let Some(flag) = flag {
+                                stream.flag(flag);
+                            }
+                            let mut meta = meta;
+                            let response = self.upstream_response(
+                                &mut stream,
+                                response,
+                                lease,
+                                UpstreamResponse {
+                                    sent_at,
+                                    selected,
+                                    set_cookie,
+                                    upgrade: false,
+                                    attempt_count: options
+                                        .include_attempt_count_in_response
+                                        .then_some(attempts),
+                                },
+                                &mut meta,
+                            );
+                            if meta.filters_ran == 0 {
+                                return self.finish_response(stream, response);
+                            }
+                            Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                        }
+                        TryResult::Failure(mut reply) => {
+                            if let Some(flag) = reply.flag {
+                                stream.flag(flag);
+                            }
+                            if let Some(flag) = flag {
+                                reply.flag = Some(flag);
+                            }
+                            if options.include_attempt_count_in_response {
+                                reply = reply.header(
+                                    X_ENVOY_ATTEMPT_COUNT,
+                                    millis_value(u64::from(attempts)),
+                                );
+                            }
+                            self.local_reply(stream, reply, &meta, Some(selected)).await
+                        }
+                    };
+                }
+            };
+            // A failed try's response and connection are dropped (an HTTP/1.1
+            // connection with an unread response is closed).
+            drop(result);
+            tracing::debug!(
+                cluster = cluster.name(),
+                attempt = attempts,
+                "retrying in {back_off:?}"
+            );
+            if !back_off.is_zero() {
+                let s = &mut *stream;
+                let timers = &mut s.timers;
+                let request_state = &mut s.request;
+                let mut sleep = std::pin::pin!(tokio::time::sleep(back_off));
+                let expired = std::future::poll_fn(|cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        return Poll::Ready(Some(expiry));
+                    }
+                    Poll::Pending
+                })
+                .await;
+                if let Some(expiry) = expired {
+                    retry.finish(level);
+                    let request_complete = matches!(stream.request, RequestState::Complete { .. });
+                    let reply = self.timeout_reply(expiry, request_complete, cluster);
+                    return self.local_reply(stream, reply, &meta, Some(selected)).await;
+                }
+            }
+            // The next host: avoiding earlier ones with the previous_hosts predicate.
+            let next = match retry.host_selection() {
+                Some(reselect_attempts) => {
+                    previous.push(Arc::clone(&host));
+                    cluster.pick(&PickContext {
+                        hash,
+                        previous_hosts: &previous,
+                        reselect_attempts,
+                    })
+                }
+                None => cluster.pick(&PickContext {
+                    hash,
+                    ..PickContext::default()
+                }),
+            };
+            let Some(next) = next else {
+                retry.finish(level);
+                let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+                    .flag("UH")
+                    .details("no_healthy_upstream");
+                return self.local_reply(stream, reply, &meta, Some(selected)).await;
+            };
+            host = next;
+        }
+    }
+
+    /// The response of an upstream, ready for the downstream: stream info, the
+    /// lease kept for the body, `x-envoy-upstream-service-time`, the route's and the
+    /// connection manager's header changes, a hash cookie, an upgrade spliced.
+    fn upstream_response(
+        &self,
+        stream: &mut StreamGuard,
+        mut response: Response<hyper::body::Incoming>,
+        lease: crate::upstream::Lease,
+        how: UpstreamResponse<'_>,
+        meta: &mut RequestMeta,
+    ) -> Response<Body> {
+        let now = Instant::now();
+        if stream.log {
+            stream.info.response_duration = Some(now.saturating_duration_since(stream.info.start));
+            stream.info.response_code_details = Some("via_upstream".to_owned());
+        }
+        stream.lease = Some(lease);
+        let upgraded = how.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
+        let (mut head, body) = response.into_parts();
+        head.headers.insert(
+            X_ENVOY_UPSTREAM_SERVICE_TIME,
+            millis_value(now.saturating_duration_since(how.sent_at).as_millis() as u64),
+        );
+        if let Some(attempts) = how.attempt_count {
+            head.headers
+                .insert(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+        }
+        how.selected.apply_response_headers(
+            &mut head.headers,
+            &FormatContext::new(&stream.info).with_scheme(SCHEME),
+        );
+        self.hcm
+            .headers
+            .mutate_response(&mut head.headers, upgraded);
+        if let Some(cookie) = how.set_cookie {
+            head.headers.append(http::header::SET_COOKIE, cookie);
+        }
+        if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take()) {
+            splice(downstream, upstream);
+        }
+        Response::from_parts(head, Body::Incoming(body))
     }
 
     /// The local reply for a timer that fired before the response started.
@@ -372,6 +703,7 @@ fn upstream_failure(error: &UpstreamError) -> LocalReply {
         UpstreamError::ConnectTimeout { .. } => {
             "upstream_reset_before_response_started{connection_timeout}"
         }
+        UpstreamError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
         UpstreamError::Reset { .. } => match error.reset_reason() {
             "connection termination" => {
                 "upstream_reset_before_response_started{connection_termination}"
@@ -387,9 +719,72 @@ fn upstream_failure(error: &UpstreamError) -> LocalReply {
             error.reset_reason()
         ),
     };
-    LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body)
+    let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body)
         .flag(error.response_flag())
-        .details(details)
+        .details(details);
+    if matches!(error, UpstreamError::Overflow { .. }) {
+        // Envoy marks a response it dropped for overload.
+        return reply.header(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
+    reply
+}
+
+/// What the retry loop needs of the first pick.
+struct Attempt<'a> {
+    cluster: &'a Arc<ClusterUpstream>,
+    host: Arc<Host>,
+    protocol: WireProtocol,
+    set_cookie: Option<HeaderValue>,
+    hash: Option<u64>,
+}
+
+/// How an upstream response is passed on.
+struct UpstreamResponse<'a> {
+    sent_at: Instant,
+    selected: Selected<'a>,
+    set_cookie: Option<HeaderValue>,
+    upgrade: bool,
+    /// `x-envoy-attempt-count` for the response.
+    attempt_count: Option<u32>,
+}
+
+/// A timer that ended a try.
+enum TryExpiry {
+    /// The per-try timeout.
+    PerTry,
+    /// A stream timer (the route's timeout covers every try).
+    Stream(Expiry),
+}
+
+/// How a try ended.
+enum TryResult {
+    Response(
+        Response<hyper::body::Incoming>,
+        crate::upstream::Lease,
+        Instant,
+    ),
+    Failure(LocalReply),
+}
+
+/// The host outcome of an upstream error.
+fn outcome_of(error: &UpstreamError) -> Outcome {
+    match error {
+        UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
+            Outcome::ConnectFailure
+        }
+        _ => Outcome::Reset,
+    }
+}
+
+/// A copy of a request head for another try (extensions are not copied: the
+/// upstream request needs none).
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = head.method.clone();
+    parts.uri = head.uri.clone();
+    parts.version = head.version;
+    parts.headers = head.headers.clone();
+    parts
 }
 
 /// `:authority` of a request: the URI's, else `host`.
