@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -268,16 +269,21 @@ impl Connection {
             }
             Ok(Err(error)) => {
                 cluster.record_outcome(&host, outcome_of(&error));
-                let reply = upstream_failure(&error);
+                let mut reply = upstream_failure(&error);
+                if forward.options.include_attempt_count_in_response {
+                    reply = reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                }
                 tracing::debug!(cluster = cluster.name(), "{error}");
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
             Err(expiry) => {
+                let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
                 if matches!(expiry, Expiry::Route) {
                     cluster.record_outcome(&host, Outcome::Timeout);
+                    if forward.options.include_attempt_count_in_response {
+                        reply = reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                    }
                 }
-                let request_complete = matches!(stream.request, RequestState::Complete { .. });
-                let reply = self.timeout_reply(expiry, request_complete, cluster);
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
         }
@@ -395,9 +401,17 @@ impl Connection {
                     cluster.record_outcome(&host, outcome_of(&error));
                     tracing::debug!(cluster = cluster.name(), "{error}");
                     let would = replayable && retry.would_retry_failure(Failure::of(&error));
+                    let mut reply = upstream_failure(&error);
+                    if attempts > 1 && !matches!(error, UpstreamError::NoHealthyUpstream { .. }) {
+                        reply.body = Bytes::from(format!(
+                            "upstream connect error or disconnect/reset before headers. retried \
+                             and the latest reset reason: {}",
+                            error.reset_reason()
+                        ));
+                    }
                     (
                         retry.decide(would, level, &cluster.stats),
-                        TryResult::Failure(upstream_failure(&error)),
+                        TryResult::Failure(reply),
                     )
                 }
                 Err(TryExpiry::PerTry) => {
@@ -415,11 +429,14 @@ impl Connection {
                 }
                 Err(TryExpiry::Stream(expiry)) => {
                     retry.finish(level);
+                    let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
                     if matches!(expiry, Expiry::Route) {
                         cluster.record_outcome(&host, Outcome::Timeout);
+                        if options.include_attempt_count_in_response {
+                            reply = reply
+                                .header(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+                        }
                     }
-                    let request_complete = matches!(stream.request, RequestState::Complete { .. });
-                    let reply = self.timeout_reply(expiry, request_complete, cluster);
                     return self.local_reply(stream, reply, &meta, Some(selected)).await;
                 }
             };
@@ -459,11 +476,9 @@ impl Connection {
                             Box::pin(self.respond(stream, response, &meta, Some(selected))).await
                         }
                         TryResult::Failure(mut reply) => {
-                            if let Some(flag) = reply.flag {
-                                stream.flag(flag);
-                            }
+                            // Envoy sets the retry's flag first.
                             if let Some(flag) = flag {
-                                reply.flag = Some(flag);
+                                stream.flag(flag);
                             }
                             if options.include_attempt_count_in_response {
                                 reply = reply.header(
@@ -501,8 +516,12 @@ impl Connection {
                 .await;
                 if let Some(expiry) = expired {
                     retry.finish(level);
-                    let request_complete = matches!(stream.request, RequestState::Complete { .. });
-                    let reply = self.timeout_reply(expiry, request_complete, cluster);
+                    let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
+                    if matches!(expiry, Expiry::Route) && options.include_attempt_count_in_response
+                    {
+                        reply =
+                            reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+                    }
                     return self.local_reply(stream, reply, &meta, Some(selected)).await;
                 }
             }
@@ -697,6 +716,12 @@ fn upstream_failure(error: &UpstreamError) -> LocalReply {
     }
     let details = match error {
         UpstreamError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+        // Envoy adds the transport's reason when it knows it.
+        UpstreamError::ConnectFailure { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+        }
         UpstreamError::ConnectFailure { .. } => {
             "upstream_reset_before_response_started{remote_connection_failure}"
         }
@@ -764,6 +789,11 @@ enum TryResult {
         Instant,
     ),
     Failure(LocalReply),
+}
+
+/// Whether the request body has been received.
+fn request_complete(stream: &StreamGuard) -> bool {
+    matches!(stream.request, RequestState::Complete { .. })
 }
 
 /// The host outcome of an upstream error.

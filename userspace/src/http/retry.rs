@@ -71,7 +71,7 @@ pub(crate) const DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
     /// The connection could not be made.
-    ConnectFailure,
+    Connect,
     /// The stream was refused (HTTP/2 REFUSED_STREAM).
     RefusedStream,
     /// Reset or closed before the response headers.
@@ -87,7 +87,7 @@ impl Failure {
     pub(crate) fn of(error: &UpstreamError) -> Failure {
         match error {
             UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
-                Failure::ConnectFailure
+                Failure::Connect
             }
             UpstreamError::Overflow { .. } => Failure::Overflow,
             UpstreamError::NoHealthyUpstream { .. } => Failure::Overflow,
@@ -263,7 +263,7 @@ impl<'a> RetryState<'a> {
         match failure {
             Failure::Overflow => false,
             _ if on.any(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET) => true,
-            Failure::ConnectFailure => on.any(RetryOn::CONNECT_FAILURE),
+            Failure::Connect => on.any(RetryOn::CONNECT_FAILURE),
             Failure::RefusedStream => on.any(RetryOn::REFUSED_STREAM),
             Failure::Reset | Failure::PerTryTimeout => false,
         }
@@ -583,7 +583,7 @@ mod tests {
 
         let p = policy("connect-failure", 1);
         let state = RetryState::new(Some(&p), &mut headers, false).unwrap();
-        assert!(state.would_retry_failure(Failure::ConnectFailure));
+        assert!(state.would_retry_failure(Failure::Connect));
         assert!(!state.would_retry_failure(Failure::Reset));
         assert!(!state.would_retry_response(503, &h));
     }

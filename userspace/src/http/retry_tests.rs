@@ -329,7 +329,7 @@ async fn per_try_timeout_then_success_within_the_route_timeout() {
     assert_eq!(stat(name, "upstream_rq_per_try_timeout"), 2);
     assert_eq!(
         read_log(&manager, &log),
-        "504 UT,URX 2 upstream_per_try_timeout\n"
+        "504 URX,UT 2 upstream_per_try_timeout\n"
     );
 }
 
@@ -404,6 +404,39 @@ async fn connect_failure_is_retried_on_another_host_with_previous_hosts() {
         stat(name, "upstream_cx_connect_fail")
     );
     assert_eq!(backend.requests().len(), 6);
+}
+
+#[tokio::test]
+async fn connect_failures_exhausted_say_retried_as_envoy_does() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let name = "rt_dead";
+    let mut config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(retrying(name, retry_policy("connect-failure", 1)))),
+        )],
+    );
+    let log = access_log(&mut config, name);
+    let (keel, manager) =
+        start_keel_manager(config, &[cluster(name, dead, UpstreamProtocol::Http1)]).await;
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-envoy-attempt-count"], "2");
+    // Envoy 1.40's words, flags and details for the same case.
+    assert_eq!(
+        text(response).await,
+        "upstream connect error or disconnect/reset before headers. retried and the latest \
+         reset reason: remote connection failure"
+    );
+    assert_eq!(
+        read_log(&manager, &log),
+        "503 URX,UF 2 upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}\n"
+    );
+    assert_eq!(stat(name, "upstream_rq_retry_limit_exceeded"), 1);
 }
 
 #[tokio::test]

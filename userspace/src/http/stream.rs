@@ -270,29 +270,12 @@ impl ActiveStream {
     }
 }
 
-/// Adds a response flag to `info` (once), in Envoy's order (the order of its
-/// `CoreResponseFlag` enum, which `%RESPONSE_FLAGS%` follows).
+/// Adds a response flag to `info` (once). Envoy 1.40 prints flags in the order they
+/// were set (a retry's URX comes before the UF or UT of the last try).
 fn add_flag(info: &mut StreamInfo, flag: &'static str) {
-    if info.response_flags.contains(&flag) {
-        return;
+    if !info.response_flags.contains(&flag) {
+        info.response_flags.push(flag);
     }
-    let rank = flag_rank(flag);
-    let at = info
-        .response_flags
-        .iter()
-        .position(|f| flag_rank(f) > rank)
-        .unwrap_or(info.response_flags.len());
-    info.response_flags.insert(at, flag);
-}
-
-/// The position of a flag in Envoy's `CoreResponseFlag` enum.
-fn flag_rank(flag: &str) -> usize {
-    const ORDER: &[&str] = &[
-        "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE",
-        "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF",
-        "DO", "DR", "UDO",
-    ];
-    ORDER.iter().position(|f| *f == flag).unwrap_or(ORDER.len())
 }
 
 /// Owns an [`ActiveStream`] until it is finished; finishes it when dropped.
