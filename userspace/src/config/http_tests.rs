@@ -16,7 +16,8 @@ use crate::model::http::{
 use crate::model::{Bootstrap, NetworkFilter, UpstreamProtocol};
 
 /// Path of the connection manager in [`with_hcm`] configs.
-const HCM: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+pub(super) const HCM: &str =
+    "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
 
 /// The clusters every test config defines: `app`, `app-v2` and `grpc` (HTTP/2).
 const CLUSTERS: &str = r#"
@@ -38,7 +39,7 @@ const CLUSTERS: &str = r#"
 
 /// A bootstrap with one listener whose only filter is a connection manager with the
 /// settings `body` (YAML at column 0), and the clusters of [`CLUSTERS`].
-fn with_hcm(body: &str) -> String {
+pub(super) fn with_hcm(body: &str) -> String {
     let mut yaml = String::from(
         r#"
 static_resources:
@@ -63,7 +64,7 @@ static_resources:
 
 /// A connection manager with one virtual host for any domain holding `routes` (YAML
 /// list items at column 0) and the router.
-fn with_routes(routes: &str) -> String {
+pub(super) fn with_routes(routes: &str) -> String {
     let mut body = String::from(
         "stat_prefix: ingress\nhttp_filters:\n- name: envoy.filters.http.router\n\
          route_config:\n  virtual_hosts:\n  - name: any\n    domains: [\"*\"]\n    routes:\n",
@@ -77,17 +78,17 @@ fn with_routes(routes: &str) -> String {
 }
 
 /// Path of route `i` in [`with_routes`] configs.
-fn route_path(i: usize) -> String {
+pub(super) fn route_path(i: usize) -> String {
     format!("{HCM}.route_config.virtual_hosts[0].routes[{i}]")
 }
 
-fn load(yaml: &str) -> Bootstrap {
+pub(super) fn load(yaml: &str) -> Bootstrap {
     load_str(yaml, Format::Yaml)
         .unwrap_or_else(|e| panic!("expected the config to load, got: {e}\n{yaml}"))
 }
 
 /// Loads `yaml`, expects an error, and checks it names `path` and says `what`.
-fn expect_error(yaml: &str, path: &str, what: &str) -> String {
+pub(super) fn expect_error(yaml: &str, path: &str, what: &str) -> String {
     let error = match load_str(yaml, Format::Yaml) {
         Ok(_) => panic!("expected an error at {path}, but the config loaded\n{yaml}"),
         Err(e) => e.to_string(),
@@ -111,7 +112,7 @@ fn hcm_of(model: &Bootstrap) -> &HttpConnectionManager {
     }
 }
 
-fn forward(route: &Route) -> &crate::model::http::ForwardAction {
+pub(super) fn forward(route: &Route) -> &crate::model::http::ForwardAction {
     match &route.action {
         RouteAction::Forward(forward) => forward,
         other => panic!(

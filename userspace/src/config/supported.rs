@@ -258,7 +258,6 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "retry_on",
             "num_retries",
             "per_try_timeout",
-            "per_try_idle_timeout",
             "retriable_status_codes",
             "retriable_headers",
             "retry_back_off",

@@ -724,3 +724,51 @@ async fn http2_opens_a_second_connection_when_streams_run_out() {
         "5 streams, 2 per connection"
     );
 }
+
+#[tokio::test]
+async fn requests_wait_for_a_connection_at_max_connections_and_overflow_past_max_pending() {
+    let backend = start_scripted(vec![Reply::Delay(Duration::from_millis(300), 200)]).await;
+    let name = "rt_pending";
+    let config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(forward_action(name))),
+        )],
+    );
+    let mut c = cluster(name, backend.address, UpstreamProtocol::Http1);
+    c.circuit_breakers.default = Thresholds {
+        max_connections: 1,
+        max_pending_requests: 1,
+        ..Thresholds::default()
+    };
+    let (keel, _) = start_keel_manager(config, &[c]).await;
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        requests.push(tokio::spawn(async move {
+            let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+            let status = response.status();
+            text(response).await;
+            status
+        }));
+        // In order: the first holds the connection, the second waits for it.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::SERVICE_UNAVAILABLE
+        ],
+        "the second request waited for the first one's connection, the third overflowed"
+    );
+    assert_eq!(stat(name, "upstream_cx_total"), 1);
+    assert_eq!(stat(name, "upstream_cx_overflow"), 1);
+    assert_eq!(stat(name, "upstream_rq_pending_overflow"), 1);
+    assert_eq!(stat(name, "upstream_rq_pending_total"), 2);
+}

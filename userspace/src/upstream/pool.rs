@@ -175,11 +175,21 @@ impl EndpointPool {
 
     /// Whether a new connection may be opened: the `max_connections` breaker, or
     /// the host has no connection at all. Takes the connection slot.
-    fn may_connect(&self, cluster: &ClusterUpstream, level: &Level) -> Option<ConnectionSlot> {
+    /// `overflowed`: whether this request already counted an overflow (counted once
+    /// per request, however often it looks again).
+    fn may_connect(
+        &self,
+        cluster: &ClusterUpstream,
+        level: &Level,
+        overflowed: &mut bool,
+    ) -> Option<ConnectionSlot> {
         if level.connections.try_acquire() {
             return Some(ConnectionSlot(Arc::clone(&level.connections)));
         }
-        cluster.stats.upstream_cx_overflow.inc();
+        if !*overflowed {
+            *overflowed = true;
+            cluster.stats.upstream_cx_overflow.inc();
+        }
         if self.open.load(Ordering::Relaxed) == 0 {
             level.connections.acquire_anyway();
             return Some(ConnectionSlot(Arc::clone(&level.connections)));
@@ -357,6 +367,7 @@ impl EndpointPool {
     ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
         let max_requests = cluster.pool.max_requests_per_connection;
         let mut pending = None;
+        let mut overflowed = false;
         loop {
             for _ in 0..MAX_STALE {
                 let Some(mut conn) = self.take_idle() else {
@@ -387,7 +398,7 @@ impl EndpointPool {
             if pending.is_none() {
                 pending = Some(self.pend(cluster, level)?);
             }
-            if let Some(slot) = self.may_connect(cluster, level) {
+            if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
                 // Boxed: connecting is the cold path, and its future would otherwise
                 // make every request's future (moved and zeroed per request) larger.
                 let mut conn = Box::pin(self.connect_h1(cluster, host, slot, false)).await?;
@@ -410,7 +421,7 @@ impl EndpointPool {
         level: &Level,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let slot = match self.may_connect(cluster, level) {
+        let slot = match self.may_connect(cluster, level, &mut false) {
             Some(slot) => slot,
             None => {
                 return Err(UpstreamError::Overflow {
@@ -497,6 +508,7 @@ impl EndpointPool {
             return Ok(ready);
         }
         let _pending = self.pend(cluster, level)?;
+        let mut overflowed = false;
         loop {
             {
                 // One handshake at a time: concurrent callers share it.
@@ -504,7 +516,7 @@ impl EndpointPool {
                 if let Some(ready) = self.h2_with_capacity(host, max_streams) {
                     return Ok(ready);
                 }
-                if let Some(slot) = self.may_connect(cluster, level) {
+                if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
                     Box::pin(self.connect_h2(cluster, host, slot)).await?;
                     continue;
                 }
