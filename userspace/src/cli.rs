@@ -191,7 +191,13 @@ async fn serve(
     let loaded = start_datapath(&mut bootstrap, &kernel_services)?;
     *datapath.lock().unwrap_or_else(PoisonError::into_inner) = loaded;
     let listeners = listener::start(&bootstrap).await?;
+    // Health checking and outlier detection run on their own thread.
+    let health_checkers = match &listeners.upstreams {
+        Some(upstreams) => crate::upstream::health::start(upstreams)?,
+        None => None,
+    };
     if let Some((admin, _)) = &admin {
+        admin.set_upstreams(listeners.upstreams.clone());
         // Userspace listeners in order, as `listener::start` reports their addresses.
         let bound: BTreeMap<String, std::net::SocketAddr> = bootstrap
             .listeners
@@ -216,6 +222,7 @@ async fn serve(
         admin.set_state(admin::ServerState::Draining);
     }
     tracing::info!("shutting down: detaching the kernel hooks (maps stay pinned)");
+    drop(health_checkers);
     drop(listeners);
     // Taken out of the lock so the hooks detach here even though the admin thread
     // holds a reference to the lock.

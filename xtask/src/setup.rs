@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 
 use crate::{bpf_linker, cmd};
 
-/// Packages the end-to-end tests drive; a test whose tool is absent skips with a reason.
-const APT_PACKAGES: &[&str] = &["iproute2", "iperf3", "curl", "haproxy"];
+/// Packages the end-to-end tests drive (nghttp2-client: h2load and nghttp for
+/// `tests/tests/clients.rs`, which fails, naming the package, when one is missing).
+const APT_PACKAGES: &[&str] = &["iproute2", "iperf3", "curl", "haproxy", "nghttp2-client"];
 
 /// Where keel pins its maps; the folder must be a bpf filesystem.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -40,13 +41,17 @@ pub fn ensure_toolchain() -> Result<()> {
     step("bpf-linker", bpf_linker::ensure)
 }
 
-/// What testing keel needs besides the toolchain: apt packages, the reference Envoy
-/// and bpffs.
+/// What testing keel needs besides the toolchain: apt packages, the reference Envoy,
+/// the Python peers of the client tests and bpffs.
 pub fn ensure_host() -> Result<()> {
     step("apt packages for the tests", ensure_apt_packages)?;
     step(
         "Envoy 1.40 for the differential tests",
         crate::envoy::ensure,
+    )?;
+    step(
+        "grpcio and websockets for the client tests",
+        crate::pyclients::ensure,
     )?;
     ensure_bpffs_mounted()
 }

@@ -36,12 +36,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::datapath::{Datapath, ServiceState};
 use crate::model::Bootstrap;
 use crate::observe::stats::Stats;
+use crate::upstream::Upstreams;
 
 pub use clusters::endpoint_stat_name;
 pub use handlers::{AdminRequest, AdminResponse, Handler, HandlerFn};
@@ -168,6 +169,7 @@ pub struct Admin {
     state: AtomicU8,
     config: ArcSwap<ConfigView>,
     kernel: Option<KernelSource>,
+    upstreams: ArcSwapOption<Upstreams>,
     stats: &'static Stats,
     quit: watch::Sender<bool>,
     handlers: Vec<Handler>,
@@ -200,6 +202,7 @@ impl Admin {
                 last_updated: now,
             }),
             kernel: None,
+            upstreams: ArcSwapOption::empty(),
             stats: crate::observe::stats::global(),
             quit: watch::Sender::new(false),
             handlers: handlers::defaults(),
@@ -255,6 +258,17 @@ impl Admin {
             listener_addresses,
             last_updated: SystemTime::now(),
         }));
+    }
+
+    /// Publishes the live clusters (hosts with their health flags and counters) that
+    /// `/clusters` reads.
+    pub fn set_upstreams(&self, upstreams: Option<Arc<Upstreams>>) {
+        self.upstreams.store(upstreams);
+    }
+
+    /// The live clusters, when published.
+    pub fn upstreams(&self) -> Option<Arc<Upstreams>> {
+        self.upstreams.load_full()
     }
 
     /// The configuration in force.

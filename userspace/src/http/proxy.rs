@@ -17,22 +17,65 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
-use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
-use super::local_reply::{grpc, LocalReply};
-use super::request::{RequestMeta, SCHEME};
 use super::retry::{
     Decision, Failure, RequestBuffer, RetryState, DEFAULT_BUFFER_LIMIT, X_ENVOY_ATTEMPT_COUNT,
     X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
 };
+use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
+use super::local_reply::{grpc, LocalReply};
+use super::request::{RequestMeta, SCHEME};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
-use crate::model::http::{ForwardAction, HostRewrite};
+use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::hash::{request_hash, RequestHash};
 use crate::upstream::{
     fast_random, ClusterUpstream, Host, Outcome, PickContext, UpstreamError, WireProtocol,
 };
+
+/// gRPC's deadline header.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// Envoy's `Grpc::Common::getGrpcTimeout`: at most 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`); sub-millisecond units round up to whole milliseconds.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_millis(n.div_ceil(1_000)),
+        b'n' => Duration::from_millis(n.div_ceil(1_000_000)),
+        _ => return None,
+    })
+}
+
+/// Envoy's `Grpc::Common::toGrpcTimeout`: milliseconds, or a coarser unit when the
+/// value does not fit in 8 digits.
+fn grpc_timeout_value(limit: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut value = limit.as_millis();
+    let mut unit = 'm';
+    for (next, factor) in [('S', 1000), ('M', 60), ('H', 60)] {
+        if value <= MAX {
+            break;
+        }
+        value /= factor;
+        unit = next;
+    }
+    HeaderValue::from_str(&format!("{}{unit}", value.min(MAX)))
+        .expect("digits and a unit are a valid header value")
+}
+
+/// The host a host rewrite replaced (Envoy's `x-envoy-original-host`).
+const X_ENVOY_ORIGINAL_HOST: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-original-host");
 
 /// Frames a mirror may lag behind its request before it is cut off.
 const MIRROR_BACKLOG: usize = 64;
@@ -130,18 +173,24 @@ impl Connection {
                 parts.headers.insert(ORIGINAL_PATH_HEADER, value);
             }
         }
-        match &forward.host_rewrite {
-            HostRewrite::None => {}
-            HostRewrite::Literal(host) => {
-                if let Ok(value) = HeaderValue::from_str(host) {
-                    set_authority(&mut parts, value);
-                }
+        // As Envoy's `updateAuthority` (the router's `suppress_envoy_headers` is not
+        // supported, so always): the host it replaces goes to x-envoy-original-host.
+        let new_host = match &forward.host_rewrite {
+            HostRewrite::None => None,
+            HostRewrite::Literal(host) => HeaderValue::from_str(host).ok(),
+            // Envoy rewrites to the chosen host's hostname, and a STATIC endpoint (the
+            // only kind keel has; `endpoint.hostname` is not supported) has none: the
+            // host stays.
+            HostRewrite::Auto => None,
+        };
+        if let Some(value) = new_host {
+            if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST, old);
             }
-            HostRewrite::Auto => {
-                if let Ok(value) = HeaderValue::from_str(&address.to_string()) {
-                    set_authority(&mut parts, value);
-                }
-            }
+            set_authority(&mut parts, value);
+        }
+        if let Some(limits) = &forward.max_stream_duration {
+            self.route_stream_duration(&mut stream, &mut parts, limits, meta.grpc);
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
         if route_timeout != forward.timeout {
@@ -193,6 +242,9 @@ impl Connection {
             let reply = LocalReply::new(StatusCode::BAD_REQUEST, "").details("missing_host_header");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         }
+        // From here the body is the upstream request's to read.
+        let mut meta = meta;
+        meta.body_unread = false;
         if let Some(retry) = retry {
             // Boxed: the retry loop is the less common path and its state is large.
             let attempt = Attempt {
@@ -243,29 +295,58 @@ impl Connection {
         };
 
         match outcome {
-            Ok(Ok((response, lease))) => {
+            Ok(Ok((mut response, lease))) => {
                 cluster.record_outcome(&host, Outcome::Response(response.status().as_u16()));
-                let mut meta = meta;
-                let response = self.upstream_response(
-                    &mut stream,
-                    response,
-                    lease,
-                    UpstreamResponse {
-                        sent_at,
-                        selected,
-                        set_cookie: hash.set_cookie,
-                        upgrade,
-                        attempt_count: forward
-                            .options
-                            .include_attempt_count_in_response
-                            .then_some(1),
-                    },
-                    &mut meta,
-                );
-                if meta.filters_ran == 0 {
-                    return self.finish_response(stream, response);
+                let now = Instant::now();
+                if stream.log {
+                    stream.info.response_duration =
+                        Some(now.saturating_duration_since(stream.info.start));
+                    stream.info.response_code_details = Some("via_upstream".to_owned());
                 }
-                Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                stream.lease = Some(lease);
+                let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
+                let (mut head, body) = response.into_parts();
+                // Envoy leaves it off the answer to an upgrade request, 101 or not.
+                if !upgrade {
+                    head.headers.insert(
+                        X_ENVOY_UPSTREAM_SERVICE_TIME,
+                        millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
+                    );
+                }
+                selected.apply_response_headers(
+                    &mut head.headers,
+                    &FormatContext::new(&stream.info).with_scheme(SCHEME),
+                );
+                hcm.headers.mutate_response(&mut head.headers, upgraded);
+                if let Some(cookie) = hash.set_cookie {
+                    head.headers.append(http::header::SET_COOKIE, cookie);
+                }
+                if forward.options.include_attempt_count_in_response {
+                    head.headers.insert(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                }
+                if upgrade && !upgraded {
+                    // The upstream refused the upgrade: as Envoy, the connection closes
+                    // (the request never completes as a plain HTTP/1.1 request).
+                    head.headers
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                let mut meta = meta;
+                let upgrade_pair = match (upstream_upgrade, meta.upgrade.take()) {
+                    (Some(upstream), Some(downstream)) => Some((downstream, upstream)),
+                    _ => None,
+                };
+                let response = Response::from_parts(head, Body::Incoming(body));
+                let mut response = if meta.filters_ran == 0 {
+                    self.finish_response(stream, response)
+                } else {
+                    Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                };
+                if let Some((downstream, upstream)) = upgrade_pair {
+                    // The stream lives on with the spliced connections.
+                    splice(downstream, upstream, response.body_mut().take_stream());
+                }
+                response
             }
             Ok(Err(error)) => {
                 cluster.record_outcome(&host, outcome_of(&error));
@@ -288,7 +369,6 @@ impl Connection {
             }
         }
     }
-
     /// The forward of a request that may be retried: tries, back-offs and the
     /// replayed body, all under the route's timeout (see [`super::retry`]).
     #[allow(clippy::too_many_arguments)]
@@ -325,11 +405,6 @@ impl Connection {
             stream.info.upstream_host = Some(host.address);
             stream.info.upstream_attempt_count = attempts;
             let mut parts = clone_head(&head);
-            if attempts > 1 && forward.host_rewrite == HostRewrite::Auto {
-                if let Ok(value) = HeaderValue::from_str(&host.address.to_string()) {
-                    set_authority(&mut parts, value);
-                }
-            }
             if options.include_request_attempt_count {
                 parts
                     .headers
@@ -454,7 +529,6 @@ impl Connection {
                             if let Some(flag) = flag {
                                 stream.flag(flag);
                             }
-                            let mut meta = meta;
                             let response = self.upstream_response(
                                 &mut stream,
                                 response,
@@ -463,12 +537,10 @@ impl Connection {
                                     sent_at,
                                     selected,
                                     set_cookie,
-                                    upgrade: false,
                                     attempt_count: options
                                         .include_attempt_count_in_response
                                         .then_some(attempts),
                                 },
-                                &mut meta,
                             );
                             if meta.filters_ran == 0 {
                                 return self.finish_response(stream, response);
@@ -551,16 +623,17 @@ impl Connection {
         }
     }
 
-    /// The response of an upstream, ready for the downstream: stream info, the
-    /// lease kept for the body, `x-envoy-upstream-service-time`, the route's and the
-    /// connection manager's header changes, a hash cookie, an upgrade spliced.
+    /// The response of an upstream to a retried request, ready for the downstream:
+    /// stream info, the lease kept for the body, `x-envoy-upstream-service-time`,
+    /// `x-envoy-attempt-count`, the route's and the connection manager's header
+    /// changes, a hash cookie. (Upgrades are never retried: the single-try path
+    /// answers them.)
     fn upstream_response(
         &self,
         stream: &mut StreamGuard,
-        mut response: Response<hyper::body::Incoming>,
+        response: Response<hyper::body::Incoming>,
         lease: crate::upstream::Lease,
         how: UpstreamResponse<'_>,
-        meta: &mut RequestMeta,
     ) -> Response<Body> {
         let now = Instant::now();
         if stream.log {
@@ -568,8 +641,6 @@ impl Connection {
             stream.info.response_code_details = Some("via_upstream".to_owned());
         }
         stream.lease = Some(lease);
-        let upgraded = how.upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
         let (mut head, body) = response.into_parts();
         head.headers.insert(
             X_ENVOY_UPSTREAM_SERVICE_TIME,
@@ -583,16 +654,48 @@ impl Connection {
             &mut head.headers,
             &FormatContext::new(&stream.info).with_scheme(SCHEME),
         );
-        self.hcm
-            .headers
-            .mutate_response(&mut head.headers, upgraded);
+        self.hcm.headers.mutate_response(&mut head.headers, false);
         if let Some(cookie) = how.set_cookie {
             head.headers.append(http::header::SET_COOKIE, cookie);
         }
-        if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take()) {
-            splice(downstream, upstream);
-        }
         Response::from_parts(head, Body::Incoming(body))
+    }
+
+    /// Applies a route's `max_stream_duration` to the stream, as Envoy's
+    /// `refreshDurationTimeout`: the limit runs from the stream's start, and a gRPC
+    /// request's `grpc-timeout` is set to it (removed when there is none).
+    fn route_stream_duration(
+        &self,
+        stream: &mut StreamGuard,
+        parts: &mut http::request::Parts,
+        limits: &RouteStreamDuration,
+        grpc: bool,
+    ) {
+        let grpc_timeout = if grpc {
+            parts
+                .headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
+        let limit = limits.limit(grpc_timeout, self.hcm.config.timeouts.max_stream_duration);
+        if grpc {
+            match limit {
+                Some(limit) => {
+                    parts
+                        .headers
+                        .insert(GRPC_TIMEOUT, grpc_timeout_value(limit));
+                }
+                None => {
+                    parts.headers.remove(GRPC_TIMEOUT);
+                }
+            }
+        }
+        let start = stream.info.start;
+        stream
+            .timers
+            .set_max_stream(limit.map(|limit| start + limit));
     }
 
     /// The local reply for a timer that fired before the response started.
@@ -768,7 +871,6 @@ struct UpstreamResponse<'a> {
     sent_at: Instant,
     selected: Selected<'a>,
     set_cookie: Option<HeaderValue>,
-    upgrade: bool,
     /// `x-envoy-attempt-count` for the response.
     attempt_count: Option<u32>,
 }
@@ -900,21 +1002,55 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
     }
 }
 
-/// Splices an upgraded downstream connection with the upgraded upstream one.
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// Splices an upgraded downstream connection with the upgraded upstream one; the
+/// stream ends (and is logged) when both directions have ended, with the bytes
+/// each way as its bytes received and sent, and `DC` when the downstream closed
+/// first (as Envoy logs an upgraded stream).
+fn splice(downstream: OnUpgrade, upstream: OnUpgrade, mut stream: StreamGuard) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use tokio::io::AsyncWriteExt;
+    const DOWNSTREAM: u8 = 1;
+    const UPSTREAM: u8 = 2;
     tokio::spawn(async move {
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!("upgrade failed: {e}");
-                return;
+                return; // Dropping the stream ends it.
             }
         };
-        let mut downstream = TokioIo::new(downstream);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        let (mut down_read, mut down_write) = tokio::io::split(TokioIo::new(downstream));
+        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
+        let closed_first = AtomicU8::new(0);
+        let to_upstream = async {
+            let copied = tokio::io::copy(&mut down_read, &mut up_write).await;
+            let _ =
+                closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = up_write.shutdown().await;
+            copied
+        };
+        let to_downstream = async {
+            let copied = tokio::io::copy(&mut up_read, &mut down_write).await;
+            let _ =
+                closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = down_write.shutdown().await;
+            copied
+        };
+        let (received, sent) = tokio::join!(to_upstream, to_downstream);
+        if let Err(e) = received.as_ref().and(sent.as_ref()) {
             tracing::debug!("upgraded stream ended: {e}");
         }
+        let at = match stream.request {
+            RequestState::Complete { at, .. } => at,
+            RequestState::Pending(_) => Instant::now(),
+        };
+        stream.request = RequestState::Complete {
+            bytes: received.unwrap_or(0),
+            complete: true,
+            at,
+        };
+        stream.info.bytes_sent += sent.unwrap_or(0);
+        stream.finish(closed_first.load(Ordering::Relaxed) != DOWNSTREAM);
     });
 }
 
@@ -928,6 +1064,60 @@ mod tests {
         assert_eq!(shadow_host("example.com:8080"), "example.com-shadow:8080");
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            parse_grpc_timeout(b"200m"),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"1500u"), Some(Duration::from_millis(2)));
+        assert_eq!(parse_grpc_timeout(b"1n"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout(b"123456789m"), None, "9 digits");
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+        assert_eq!(grpc_timeout_value(Duration::from_secs(5)), "5000m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        let limits = RouteStreamDuration {
+            max_stream_duration: Some(Duration::from_secs(3)),
+            grpc_timeout_header_max: Some(Duration::from_secs(10)),
+            grpc_timeout_header_offset: Some(Duration::from_millis(9_800)),
+        };
+        let hcm = Some(Duration::from_secs(60));
+        assert_eq!(
+            limits.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_millis(200)),
+            "capped at 10 s, less the offset"
+        );
+        assert_eq!(
+            limits.limit(None, hcm),
+            Some(Duration::from_secs(3)),
+            "no grpc-timeout: the route's limit"
+        );
+        let uncapped = RouteStreamDuration {
+            max_stream_duration: Some(Duration::ZERO),
+            grpc_timeout_header_max: Some(Duration::ZERO),
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(
+            uncapped.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            uncapped.limit(None, hcm),
+            None,
+            "zero disables the HCM's limit"
+        );
+        let inherit = RouteStreamDuration {
+            max_stream_duration: None,
+            grpc_timeout_header_max: None,
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(inherit.limit(Some(Duration::from_secs(1)), hcm), hcm);
     }
 
     #[test]

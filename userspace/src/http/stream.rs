@@ -101,6 +101,12 @@ impl Timers {
         }
     }
 
+    /// Replaces the stream's duration limit (a route's `max_stream_duration`);
+    /// `None` removes it.
+    pub(crate) fn set_max_stream(&mut self, deadline: Option<Instant>) {
+        self.max_stream = deadline;
+    }
+
     /// The response started: `request_timeout` no longer applies.
     pub(crate) fn response_started(&mut self) {
         self.request_deadline = None;
@@ -223,6 +229,9 @@ pub(crate) struct ActiveStream {
     pub filter_state: http::Extensions,
     /// `:method` and `:path` (and `:authority`) for the access logs, when logging.
     pub request_line: Option<(http::Method, http::Uri)>,
+    /// A HEAD request: hyper sends no response body, so an unread one is no sign of
+    /// a client that went away.
+    pub head_request: bool,
 }
 
 impl ActiveStream {
@@ -302,6 +311,7 @@ impl StreamGuard {
             log,
             filter_state: http::Extensions::new(),
             request_line: None,
+            head_request: false,
         })))
     }
 
@@ -344,6 +354,12 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub(crate) fn new(inner: Body, stream: StreamGuard) -> ResponseBody {
         ResponseBody { inner, stream }
+    }
+
+    /// Takes the stream out, for whoever ends it instead of this body (an upgraded
+    /// stream ends with its spliced connection).
+    pub(crate) fn take_stream(&mut self) -> StreamGuard {
+        StreamGuard(self.stream.0.take())
     }
 }
 
@@ -437,7 +453,8 @@ impl hyper::body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        let complete = self.inner.is_end_stream();
+        let complete =
+            self.inner.is_end_stream() || self.stream.0.as_deref().is_some_and(|s| s.head_request);
         self.stream.finish(complete);
     }
 }

@@ -27,6 +27,9 @@ pub struct Host {
     pub health: HealthFlags,
     /// Envoy's per-host counters (`/clusters`).
     pub stats: HostStats,
+    /// Outlier-detection counters (written on the request path when the cluster has
+    /// `outlier_detection`).
+    pub outlier: super::outlier::HostMonitor,
     /// Its connections.
     pub(crate) pool: EndpointPool,
 }
@@ -41,6 +44,7 @@ impl Host {
             active: AtomicU64::new(0),
             health: HealthFlags::default(),
             stats: HostStats::default(),
+            outlier: super::outlier::HostMonitor::default(),
             pool: EndpointPool::new(address),
         }
     }
@@ -75,6 +79,12 @@ impl HealthFlags {
     #[inline]
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether every bit of `flag` is set.
+    #[inline]
+    pub fn has(&self, flag: u32) -> bool {
+        self.get() & flag == flag
     }
 
     /// Whether no flag that takes the host out of rotation is set.

@@ -28,8 +28,12 @@
 
 pub mod breaker;
 pub mod hash;
+pub mod health;
+#[cfg(test)]
+mod health_tests;
 mod host;
 mod lb;
+pub mod outlier;
 mod pool;
 
 use std::collections::HashMap;
@@ -177,6 +181,8 @@ pub struct ClusterUpstream {
     hosts: ArcSwap<HostSet>,
     /// `cluster.<name>.*` stats.
     pub stats: ClusterStats,
+    /// Active health checking and outlier detection, where configured.
+    pub health: health::ClusterHealth,
 }
 
 /// A cluster's hosts and the load balancer built over them.
@@ -232,11 +238,12 @@ pub enum WireProtocol {
 
 impl ClusterUpstream {
     fn new(cluster: &model::Cluster) -> ClusterUpstream {
-        let hosts = cluster
+        let hosts: Vec<Arc<Host>> = cluster
             .endpoints
             .iter()
             .map(|e| Arc::new(Host::new(e.address, e.weight, 0)))
             .collect();
+        let health = health::ClusterHealth::new(cluster, &hosts);
         ClusterUpstream {
             name: cluster.name.clone(),
             protocol: cluster.upstream_protocol,
@@ -246,6 +253,7 @@ impl ClusterUpstream {
             breakers: breaker::Breakers::new(&cluster.name, &cluster.circuit_breakers),
             hosts: ArcSwap::from_pointee(HostSet::new(cluster.lb_policy, hosts)),
             stats: ClusterStats::new(&cluster.name),
+            health,
         }
     }
 
@@ -262,6 +270,7 @@ impl ClusterUpstream {
     /// Publishes a new list of hosts (service discovery): the picker is rebuilt off
     /// the request path and swapped in whole.
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        self.health.adopt(&self.hosts.load().hosts, &hosts);
         self.hosts
             .store(Arc::new(HostSet::new(self.lb_policy, hosts)));
     }
@@ -284,6 +293,9 @@ impl ClusterUpstream {
                 host::bump(&stats.rq_error);
             }
             _ => host::bump(&stats.rq_error),
+        }
+        if let Some(detector) = &self.health.outlier {
+            detector.record(host, outcome);
         }
     }
 

@@ -119,6 +119,7 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         Some(assignment) => load_assignment(assignment, &join(path, "load_assignment"))?,
         None => Vec::new(),
     };
+    let (health_checks, outlier_detection) = super::health::convert(c, path)?;
     Ok(model::Cluster {
         name: c.name.clone(),
         connect_timeout,
@@ -127,6 +128,8 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         upstream_protocol: upstream_protocol(c, path)?,
         circuit_breakers: super::breakers::circuit_breakers(c, path)?,
         pool: super::breakers::pool_options(c, path)?,
+        health_checks,
+        outlier_detection,
         ..model::Cluster::default()
     })
 }
