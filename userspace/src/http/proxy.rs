@@ -717,7 +717,7 @@ impl Connection {
                 cluster.stats.upstream_rq_timeout.inc();
                 LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
                     .flag("UT")
-                    .details("upstream_response_timeout")
+                    .details("response_timeout")
             }
             Expiry::Request => {
                 stats.downstream_rq_timeout.inc();

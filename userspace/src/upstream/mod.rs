@@ -382,8 +382,9 @@ impl ClusterUpstream {
         priority: RoutingPriority,
     ) -> Result<Lease, UpstreamError> {
         if !self.breakers.at(priority).requests.try_acquire() {
-            // Envoy counts a `max_requests` overflow as a pending overflow too.
-            self.stats.upstream_rq_pending_overflow.inc();
+            // Envoy 1.40's own counter for it (older versions counted it as a
+            // pending overflow).
+            self.stats.upstream_rq_active_overflow.inc();
             return Err(UpstreamError::Overflow {
                 endpoint: host.address,
                 resource: "requests",
@@ -476,9 +477,11 @@ pub struct ClusterStats {
     pub upstream_cx_max_requests: Counter,
     /// `upstream_rq_pending_total`: requests that waited for a connection.
     pub upstream_rq_pending_total: Counter,
-    /// `upstream_rq_pending_overflow`: requests the `max_pending_requests` or
-    /// `max_requests` breaker refused.
+    /// `upstream_rq_pending_overflow`: requests the `max_pending_requests` breaker
+    /// refused.
     pub upstream_rq_pending_overflow: Counter,
+    /// `upstream_rq_active_overflow`: requests the `max_requests` breaker refused.
+    pub upstream_rq_active_overflow: Counter,
     /// `upstream_rq_retry`.
     pub upstream_rq_retry: Counter,
     /// `upstream_rq_retry_success`.
@@ -524,6 +527,7 @@ impl ClusterStats {
             upstream_cx_max_requests: counter("upstream_cx_max_requests"),
             upstream_rq_pending_total: counter("upstream_rq_pending_total"),
             upstream_rq_pending_overflow: counter("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: counter("upstream_rq_active_overflow"),
             upstream_rq_retry: counter("upstream_rq_retry"),
             upstream_rq_retry_success: counter("upstream_rq_retry_success"),
             upstream_rq_retry_overflow: counter("upstream_rq_retry_overflow"),
