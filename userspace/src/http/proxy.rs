@@ -17,13 +17,13 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
+use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
+use super::local_reply::{grpc, LocalReply};
+use super::request::{RequestMeta, SCHEME};
 use super::retry::{
     Decision, Failure, RequestBuffer, RetryState, DEFAULT_BUFFER_LIMIT, X_ENVOY_ATTEMPT_COUNT,
     X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
 };
-use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
-use super::local_reply::{grpc, LocalReply};
-use super::request::{RequestMeta, SCHEME};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
@@ -349,7 +349,7 @@ impl Connection {
                 response
             }
             Ok(Err(error)) => {
-                cluster.record_outcome(&host, outcome_of(&error));
+                cluster.record_outcome(&host, outcome_of(cluster, &error));
                 let mut reply = upstream_failure(&error);
                 if forward.options.include_attempt_count_in_response {
                     reply = reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
@@ -473,7 +473,7 @@ impl Connection {
                     )
                 }
                 Ok(Err(error)) => {
-                    cluster.record_outcome(&host, outcome_of(&error));
+                    cluster.record_outcome(&host, outcome_of(cluster, &error));
                     tracing::debug!(cluster = cluster.name(), "{error}");
                     let would = replayable && retry.would_retry_failure(Failure::of(&error));
                     let mut reply = upstream_failure(&error);
@@ -898,8 +898,26 @@ fn request_complete(stream: &StreamGuard) -> bool {
     matches!(stream.request, RequestState::Complete { .. })
 }
 
+/// The host outcome of an upstream error. A reset before the response headers also
+/// counts keel's own 503 in `upstream_rq_503`, as Envoy charges it.
+fn outcome_of(cluster: &ClusterUpstream, error: &UpstreamError) -> Outcome {
+    if let UpstreamError::Reset { source, .. } = error {
+        // Not when a filter stopped the request body with a reply of its own.
+        let mut cause = std::error::Error::source(source);
+        let mut filter_reply = false;
+        while let Some(e) = cause {
+            filter_reply |= matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Reply(_)));
+            cause = e.source();
+        }
+        if !filter_reply {
+            cluster.stats.record_status(503);
+        }
+    }
+    outcome_of_error(error)
+}
+
 /// The host outcome of an upstream error.
-fn outcome_of(error: &UpstreamError) -> Outcome {
+fn outcome_of_error(error: &UpstreamError) -> Outcome {
     match error {
         UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
             Outcome::ConnectFailure

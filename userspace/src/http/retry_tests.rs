@@ -547,7 +547,11 @@ async fn max_requests_overflow_is_503_uo() {
         .unwrap()
         .unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(stat(name, "upstream_rq_active_overflow"), 1, "Envoy 1.40's counter");
+    assert_eq!(
+        stat(name, "upstream_rq_active_overflow"),
+        1,
+        "Envoy 1.40's counter"
+    );
     assert_eq!(stat(name, "upstream_rq_pending_overflow"), 0);
     assert_eq!(
         counter(&format!("cluster.{name}.circuit_breakers.default.rq_open")),

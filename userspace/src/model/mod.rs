@@ -7,8 +7,8 @@
 pub mod breakers;
 pub mod health;
 pub mod http;
-pub mod pool;
 pub mod listener;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -390,7 +390,8 @@ impl ClusterUpstream {
                 resource: "requests",
             });
         }
-        self.stats.upstream_rq_total.inc();
+        // `upstream_rq_total` is counted by the pool when a connection takes the
+        // request (Envoy counts no request whose connection failed).
         self.stats.upstream_rq_active.inc();
         host::bump(&host.stats.rq_total);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);

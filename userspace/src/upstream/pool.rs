@@ -385,13 +385,17 @@ impl EndpointPool {
                 drop(pending.take());
                 match conn.sender.try_send_request(request).await {
                     Ok(response) => {
+                        cluster.stats.upstream_rq_total.inc();
                         conn.last = conn.state.count_request(max_requests);
                         return Ok((response, conn));
                     }
                     Err(mut e) => match e.take_message() {
                         // Not written: the upstream closed it meanwhile; try another.
                         Some(unsent) => request = unsent,
-                        None => return Err(self.reset(e.into_error())),
+                        None => {
+                            cluster.stats.upstream_rq_total.inc();
+                            return Err(self.reset(e.into_error()));
+                        }
                     },
                 }
             }
@@ -404,6 +408,7 @@ impl EndpointPool {
                 let mut conn = Box::pin(self.connect_h1(cluster, host, slot, false)).await?;
                 drop(pending.take());
                 conn.last = conn.state.count_request(max_requests);
+                cluster.stats.upstream_rq_total.inc();
                 return match conn.sender.send_request(request).await {
                     Ok(response) => Ok((response, conn)),
                     Err(e) => Err(self.reset(e)),
@@ -431,6 +436,7 @@ impl EndpointPool {
             }
         };
         let mut conn = self.connect_h1(cluster, host, slot, true).await?;
+        cluster.stats.upstream_rq_total.inc();
         conn.sender
             .send_request(request)
             .await
@@ -546,7 +552,10 @@ impl EndpointPool {
                 cluster.stats.upstream_cx_max_requests.inc();
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, stream)),
+                Ok(response) => {
+                    cluster.stats.upstream_rq_total.inc();
+                    return Ok((response, stream));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !retried => {
                         // The connection went away (GOAWAY or close) before the
@@ -555,7 +564,10 @@ impl EndpointPool {
                         request = unsent;
                         stream.state.draining.store(true, Ordering::Relaxed);
                     }
-                    _ => return Err(self.reset(e.into_error())),
+                    _ => {
+                        cluster.stats.upstream_rq_total.inc();
+                        return Err(self.reset(e.into_error()));
+                    }
                 },
             }
         }
