@@ -10,6 +10,8 @@
 //!   replies, the filter chain);
 //! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
 //!   request and timeouts, upgrades (websocket splicing), request mirroring;
+//! - `retry`: the retry state of a request (Envoy's decisions, back-off) and the
+//!   request body kept for replays;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
 //!   response body (stats, pool release, access logs);
@@ -49,8 +51,8 @@
 //!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
-//! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no
-//!   TLS (the scheme is always `http`).
+//! - no `per_try_idle_timeout`, hedging or `retry_priority`; no CONNECT / extended
+//!   CONNECT (answered 403), no TLS (the scheme is always `http`).
 
 pub mod body;
 pub mod filter;

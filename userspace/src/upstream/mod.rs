@@ -10,10 +10,15 @@
 //!   on the stack when its response body has been read to the end and its request
 //!   body fully sent; dropped earlier, hyper closes it. LIFO keeps the hottest
 //!   connections in use and lets the rest be closed by the upstream's idle timeout.
-//! - HTTP/2 (h2c by prior knowledge): one multiplexed connection per endpoint whose
-//!   `SendRequest` handle is cloned per request; a second connection is made only
-//!   when the first has closed (an async lock makes concurrent callers share one
-//!   handshake).
+//! - HTTP/2 (h2c by prior knowledge): multiplexed connections per endpoint whose
+//!   `SendRequest` handles are cloned per request; a request takes the first
+//!   connection with fewer streams than `max_concurrent_streams`, and another
+//!   connection is made when all are full (an async lock makes concurrent callers
+//!   share one handshake).
+//! - A request with no connection ready is *pending* until it gets one (a new
+//!   connection, or one freed when `max_connections` is reached): see `pool` and
+//!   [`breaker`] for the circuit breakers that bound connections, pending requests,
+//!   requests and retries.
 //!
 //! Why shared and not per worker: the tokio runtime steals tasks between workers, so
 //! a "per-worker" pool would only be a per-thread cache whose connections still get

@@ -130,7 +130,6 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         pool: super::breakers::pool_options(c, path)?,
         health_checks,
         outlier_detection,
-        ..model::Cluster::default()
     })
 }
 
