@@ -119,18 +119,7 @@ impl Connection {
             )
         };
         let upgrade = meta.upgrade.is_some();
-        // `x-envoy-*` control headers reach the router only from filters: the
-        // connection manager removes them from every client (no address is internal).
         let trusted_headers = meta.filters_ran > 0;
-        let retry = if upgrade || (forward.retry_policy.is_none() && !trusted_headers) {
-            None
-        } else {
-            RetryState::new(
-                forward.retry_policy.as_ref(),
-                &mut parts.headers,
-                trusted_headers,
-            )
-        };
         let mut route_timeout = forward.timeout;
         if trusted_headers {
             if let Some(value) = parts.headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
@@ -245,19 +234,30 @@ impl Connection {
         // From here the body is the upstream request's to read.
         let mut meta = meta;
         meta.body_unread = false;
-        if let Some(retry) = retry {
-            // Boxed: the retry loop is the less common path and its state is large.
-            let attempt = Attempt {
-                cluster,
-                host,
-                protocol,
-                set_cookie: hash.set_cookie,
-                hash: hash.value,
-            };
-            return Box::pin(self.forward_with_retries(
-                stream, parts, body, selected, forward, meta, attempt, retry,
-            ))
-            .await;
+        // `x-envoy-*` control headers reach the router only from filters: the
+        // connection manager removes them from every client (no address is internal).
+        // The retry state is made here, after the last local reply of the single-try
+        // path and in a block of its own, so that the common request's future does
+        // not carry it.
+        if !upgrade && (forward.retry_policy.is_some() || trusted_headers) {
+            if let Some(retry) = RetryState::new(
+                forward.retry_policy.as_ref(),
+                &mut parts.headers,
+                trusted_headers,
+            ) {
+                // Boxed: the retry loop is the less common path and its state is large.
+                let attempt = Attempt {
+                    cluster,
+                    host,
+                    protocol,
+                    set_cookie: hash.set_cookie,
+                    hash: hash.value,
+                };
+                return Box::pin(self.forward_with_retries(
+                    stream, parts, body, selected, forward, meta, attempt, retry,
+                ))
+                .await;
+            }
         }
         let priority = forward.options.priority;
         if forward.options.include_request_attempt_count {

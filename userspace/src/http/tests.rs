@@ -726,6 +726,25 @@ async fn future_sizes() {
         Request::new(super::body::Body::Empty),
     );
     eprintln!("send future {}", std::mem::size_of_val(&send));
+    let send_at = c.send_at(
+        &host,
+        crate::upstream::WireProtocol::Http1,
+        Default::default(),
+        Request::new(super::body::Body::Empty),
+    );
+    eprintln!("send_at future {}", std::mem::size_of_val(&send_at));
+    drop(send_at);
+    let level = c.breakers.at(Default::default());
+    let h1 = host
+        .pool
+        .send_h1(&c, &host, level, Request::new(super::body::Body::Empty));
+    eprintln!("send_h1 future {}", std::mem::size_of_val(&h1));
+    drop(h1);
+    let h2 = host
+        .pool
+        .send_h2(&c, &host, level, Request::new(super::body::Body::Empty));
+    eprintln!("send_h2 future {}", std::mem::size_of_val(&h2));
+    drop(h2);
     eprintln!(
         "StreamInfo {}",
         std::mem::size_of::<crate::observe::StreamInfo>()

@@ -363,51 +363,75 @@ impl EndpointPool {
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
         level: &Level,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
+        let unsent = match self.send_on_idle(cluster, request).await? {
+            Ok(sent) => return Ok(sent),
+            Err(unsent) => unsent,
+        };
+        // Boxed: waiting and connecting are the cold path, and their future would
+        // otherwise make every request's future (moved per request) larger.
+        Box::pin(self.send_h1_pending(cluster, host, level, unsent)).await
+    }
+
+    /// Sends on an idle connection if one is usable; gives the request back if not.
+    async fn send_on_idle(
+        &self,
+        cluster: &ClusterUpstream,
+        mut request: Request<Body>,
+    ) -> Result<Result<(Response<Incoming>, H1Conn), Request<Body>>, UpstreamError> {
+        for _ in 0..MAX_STALE {
+            let Some(mut conn) = self.take_idle() else {
+                break;
+            };
+            if conn.sender.is_closed() {
+                continue;
+            }
+            // Released as soon as both bodies ended: the connection task may not have
+            // turned idle yet, which takes it a moment at most.
+            if !conn.sender.is_ready() && conn.sender.ready().await.is_err() {
+                continue;
+            }
+            conn.state.set_busy();
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => {
+                    cluster.stats.upstream_rq_total.inc();
+                    conn.last = conn
+                        .state
+                        .count_request(cluster.pool.max_requests_per_connection);
+                    return Ok(Ok((response, conn)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written: the upstream closed it meanwhile; try another.
+                    Some(unsent) => request = unsent,
+                    None => {
+                        cluster.stats.upstream_rq_total.inc();
+                        return Err(self.reset(e.into_error()));
+                    }
+                },
+            }
+        }
+        Ok(Err(request))
+    }
+
+    /// No idle connection: the request is pending until a new connection is made, or
+    /// (at `max_connections`) until one of the host's connections goes idle or closes.
+    async fn send_h1_pending(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        level: &Level,
         mut request: Request<Body>,
     ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
-        let max_requests = cluster.pool.max_requests_per_connection;
-        let mut pending = None;
+        let pending = self.pend(cluster, level)?;
         let mut overflowed = false;
         loop {
-            for _ in 0..MAX_STALE {
-                let Some(mut conn) = self.take_idle() else {
-                    break;
-                };
-                if conn.sender.is_closed() {
-                    continue;
-                }
-                // Released as soon as both bodies ended: the connection task may not
-                // have turned idle yet, which takes it a moment at most.
-                if !conn.sender.is_ready() && conn.sender.ready().await.is_err() {
-                    continue;
-                }
-                conn.state.set_busy();
-                drop(pending.take());
-                match conn.sender.try_send_request(request).await {
-                    Ok(response) => {
-                        cluster.stats.upstream_rq_total.inc();
-                        conn.last = conn.state.count_request(max_requests);
-                        return Ok((response, conn));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        // Not written: the upstream closed it meanwhile; try another.
-                        Some(unsent) => request = unsent,
-                        None => {
-                            cluster.stats.upstream_rq_total.inc();
-                            return Err(self.reset(e.into_error()));
-                        }
-                    },
-                }
-            }
-            if pending.is_none() {
-                pending = Some(self.pend(cluster, level)?);
-            }
             if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
-                // Boxed: connecting is the cold path, and its future would otherwise
-                // make every request's future (moved and zeroed per request) larger.
-                let mut conn = Box::pin(self.connect_h1(cluster, host, slot, false)).await?;
-                drop(pending.take());
-                conn.last = conn.state.count_request(max_requests);
+                let mut conn = self.connect_h1(cluster, host, slot, false).await?;
+                drop(pending);
+                conn.last = conn
+                    .state
+                    .count_request(cluster.pool.max_requests_per_connection);
                 cluster.stats.upstream_rq_total.inc();
                 return match conn.sender.send_request(request).await {
                     Ok(response) => Ok((response, conn)),
@@ -415,6 +439,10 @@ impl EndpointPool {
                 };
             }
             self.wait_released().await;
+            match self.send_on_idle(cluster, request).await? {
+                Ok(sent) => return Ok(sent),
+                Err(unsent) => request = unsent,
+            }
         }
     }
 
@@ -513,6 +541,18 @@ impl EndpointPool {
         if let Some(ready) = self.h2_with_capacity(host, max_streams) {
             return Ok(ready);
         }
+        // Boxed: the cold path (see `send_h1`).
+        Box::pin(self.h2_stream_pending(cluster, host, level)).await
+    }
+
+    /// No HTTP/2 connection with a free stream: pending until one is made or freed.
+    async fn h2_stream_pending(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        level: &Level,
+    ) -> Result<(http2::SendRequest<Body>, H2Stream), UpstreamError> {
+        let max_streams = cluster.pool.max_concurrent_streams;
         let _pending = self.pend(cluster, level)?;
         let mut overflowed = false;
         loop {
@@ -523,7 +563,7 @@ impl EndpointPool {
                     return Ok(ready);
                 }
                 if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
-                    Box::pin(self.connect_h2(cluster, host, slot)).await?;
+                    self.connect_h2(cluster, host, slot).await?;
                     continue;
                 }
             }
