@@ -317,6 +317,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "retry_on",
             "num_retries",
             "per_try_timeout",
+            "per_try_idle_timeout",
             "retriable_status_codes",
             "retriable_headers",
             "retry_back_off",

@@ -51,7 +51,7 @@
 //!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
-//! - no `per_try_idle_timeout`, hedging or `retry_priority`; no CONNECT / extended
+//! - no retry hedging or `retry_priority`; no CONNECT / extended
 //!   CONNECT (answered 403), no TLS (the scheme is always `http`).
 
 pub mod body;

@@ -417,6 +417,7 @@ impl Connection {
             let request = Request::from_parts(parts, body);
             let try_started = Instant::now();
             let sent_at = *first_sent.get_or_insert(try_started);
+            stream.timers.start_try(retry.per_try_idle_timeout);
             let send = cluster.send_at(&host, protocol, options.priority, request);
             let outcome = {
                 let s = &mut *stream;
@@ -430,6 +431,9 @@ impl Connection {
                         return Poll::Ready(Ok(result));
                     }
                     if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        if expiry == Expiry::TryIdle {
+                            return Poll::Ready(Err(TryExpiry::PerTryIdle));
+                        }
                         return Poll::Ready(Err(TryExpiry::Stream(expiry)));
                     }
                     if let Some(per_try) = per_try {
@@ -489,14 +493,20 @@ impl Connection {
                         TryResult::Failure(reply),
                     )
                 }
-                Err(TryExpiry::PerTry) => {
-                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                Err(expiry @ (TryExpiry::PerTry | TryExpiry::PerTryIdle)) => {
+                    let details = if matches!(expiry, TryExpiry::PerTry) {
+                        cluster.stats.upstream_rq_per_try_timeout.inc();
+                        "upstream_per_try_timeout"
+                    } else {
+                        cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                        "upstream_per_try_idle_timeout"
+                    };
                     cluster.record_outcome(&host, Outcome::Timeout);
                     let would = replayable && retry.would_retry_failure(Failure::PerTryTimeout);
                     let reply =
                         LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
                             .flag("UT")
-                            .details("upstream_per_try_timeout");
+                            .details(details);
                     (
                         retry.decide(would, level, &cluster.stats),
                         TryResult::Failure(reply),
@@ -724,6 +734,12 @@ impl Connection {
                 LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout")
                     .details("request_overall_timeout")
             }
+            Expiry::TryIdle => {
+                cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                    .flag("UT")
+                    .details("upstream_per_try_idle_timeout")
+            }
             Expiry::Idle => {
                 stats.downstream_rq_idle_timeout.inc();
                 LocalReply::new(status, "stream timeout")
@@ -879,6 +895,8 @@ struct UpstreamResponse<'a> {
 enum TryExpiry {
     /// The per-try timeout.
     PerTry,
+    /// The per-try idle timeout (before the response headers).
+    PerTryIdle,
     /// A stream timer (the route's timeout covers every try).
     Stream(Expiry),
 }

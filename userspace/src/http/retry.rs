@@ -135,6 +135,8 @@ pub(crate) struct RetryState<'a> {
     holds_retry_slot: bool,
     /// The per-try timeout (`x-envoy-upstream-rq-per-try-timeout-ms` or the policy's).
     pub(crate) per_try_timeout: Option<Duration>,
+    /// The policy's `per_try_idle_timeout`.
+    pub(crate) per_try_idle_timeout: Option<Duration>,
 }
 
 impl<'a> RetryState<'a> {
@@ -181,7 +183,9 @@ impl<'a> RetryState<'a> {
                 }
             }
         }
-        if on.0 == 0 {
+        let per_try_idle_timeout = policy.and_then(|p| p.per_try_idle_timeout);
+        // Per-try timeouts apply even when nothing is retried, as in Envoy.
+        if on.0 == 0 && per_try_timeout.is_none() && per_try_idle_timeout.is_none() {
             return None;
         }
         Some(RetryState {
@@ -195,6 +199,7 @@ impl<'a> RetryState<'a> {
             retried: false,
             holds_retry_slot: false,
             per_try_timeout,
+            per_try_idle_timeout,
         })
     }
 

@@ -36,6 +36,8 @@ enum Reply {
     /// gRPC: a trailers-only response with this `grpc-status` (0: a normal
     /// response with `grpc-status: 0` in the trailers).
     Grpc(u32),
+    /// 200 with one body frame, then nothing (the body never ends).
+    StallBody,
 }
 
 /// One request as the backend saw it.
@@ -113,6 +115,9 @@ async fn reply_with(reply: Reply) -> Result<Response<ReplyBody>, std::io::Error>
             status
         }
         Reply::Reset => return Err(std::io::Error::other("scripted reset")),
+        Reply::StallBody => {
+            return Ok(Response::new(BodyExt::boxed(Stall { sent: false })));
+        }
         Reply::Grpc(0) => {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
@@ -138,6 +143,27 @@ async fn reply_with(reply: Reply) -> Result<Response<ReplyBody>, std::io::Error>
         .status(status)
         .body(Full::new(Bytes::from(body)).boxed())
         .unwrap())
+}
+
+/// A body that sends one frame and then stalls forever.
+struct Stall {
+    sent: bool,
+}
+
+impl hyper::body::Body for Stall {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            return std::task::Poll::Pending;
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
+    }
 }
 
 fn retry_policy(retry_on: &str, num_retries: u32) -> RetryPolicy {
@@ -776,4 +802,48 @@ async fn requests_wait_for_a_connection_at_max_connections_and_overflow_past_max
     assert_eq!(stat(name, "upstream_cx_overflow"), 1);
     assert_eq!(stat(name, "upstream_rq_pending_overflow"), 1);
     assert_eq!(stat(name, "upstream_rq_pending_total"), 2);
+}
+
+#[tokio::test]
+async fn per_try_idle_timeout_retries_a_silent_try_and_cuts_a_stalled_body() {
+    let backend = start_scripted(vec![
+        Reply::Delay(Duration::from_secs(3), 200),
+        Reply::StallBody,
+    ])
+    .await;
+    let name = "rt_per_try_idle";
+    let mut policy = retry_policy("5xx", 1);
+    policy.per_try_idle_timeout = Some(Duration::from_millis(200));
+    let mut config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(retrying(name, policy))),
+        )],
+    );
+    let log = access_log(&mut config, name);
+    let (keel, manager) = start_keel_manager(
+        config,
+        &[cluster(name, backend.address, UpstreamProtocol::Http1)],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK, "the retry answered");
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect()).await;
+    assert!(
+        matches!(body, Ok(Err(_))),
+        "the stalled body is cut off: {body:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    assert_eq!(stat(name, "upstream_rq_per_try_idle_timeout"), 2);
+    assert_eq!(stat(name, "upstream_rq_retry"), 1);
+    assert_eq!(stat(name, "upstream_rq_retry_success"), 1);
+    // Envoy 1.40 logs the same line for the same exchange.
+    let log = read_log(&manager, &log);
+    assert_eq!(log, "200 UT 2 upstream_per_try_idle_timeout\n");
 }

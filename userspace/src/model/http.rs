@@ -454,8 +454,7 @@ pub struct RetryPolicy {
     /// `retry_on`, parsed.
     pub conditions: RetryOn,
     /// `per_try_idle_timeout`: a try whose response stalls this long (before or after
-    /// its headers) is cut off. Not enforced yet: the field is not in the table of
-    /// supported fields, so a config that sets it is rejected.
+    /// its headers) is cut off (504 UT before the headers, a reset after).
     pub per_try_idle_timeout: Option<Duration>,
     /// `retriable_headers`: a response matching any is retried (`retriable-headers`).
     pub retriable_headers: Vec<HeaderMatcher>,
