@@ -372,7 +372,7 @@ impl Connection {
     /// The forward of a request that may be retried: tries, back-offs and the
     /// replayed body, all under the route's timeout (see [`super::retry`]).
     #[allow(clippy::too_many_arguments)]
-    async fn forward_with_retries(
+    async fn forward_with_retries<'r>(
         &self,
         mut stream: StreamGuard,
         parts: http::request::Parts,
@@ -380,8 +380,8 @@ impl Connection {
         selected: Selected<'_>,
         forward: &ForwardAction,
         meta: RequestMeta,
-        attempt: Attempt<'_>,
-        mut retry: RetryState<'_>,
+        attempt: Attempt<'r>,
+        mut retry: RetryState<'r>,
     ) -> Response<ResponseBody> {
         let Attempt {
             cluster,
@@ -513,7 +513,7 @@ impl Connection {
                     )
                 }
                 Err(TryExpiry::Stream(expiry)) => {
-                    retry.finish(level);
+                    retry.finish();
                     let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
                     if matches!(expiry, Expiry::Route) {
                         cluster.record_outcome(&host, Outcome::Timeout);
@@ -528,7 +528,7 @@ impl Connection {
             let back_off = match decision {
                 Decision::Retry(back_off) => back_off,
                 Decision::No | Decision::LimitExceeded | Decision::Overflow => {
-                    retry.finish(level);
+                    retry.finish();
                     let flag = match decision {
                         Decision::LimitExceeded => Some("URX"),
                         Decision::Overflow => Some("UO"),
@@ -597,7 +597,7 @@ impl Connection {
                 })
                 .await;
                 if let Some(expiry) = expired {
-                    retry.finish(level);
+                    retry.finish();
                     let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
                     if matches!(expiry, Expiry::Route) && options.include_attempt_count_in_response
                     {
@@ -623,7 +623,7 @@ impl Connection {
                 }),
             };
             let Some(next) = next else {
-                retry.finish(level);
+                retry.finish();
                 let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
                     .flag("UH")
                     .details("no_healthy_upstream");

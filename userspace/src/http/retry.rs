@@ -38,7 +38,7 @@ use super::body::{Body, BodyError};
 use crate::model::http::{
     HeaderMatcher, RetryBackOff, RetryOn, RetryPolicy, StringMatchKind, ValueMatch,
 };
-use crate::upstream::breaker::Level;
+use crate::upstream::breaker::{Level, Slot};
 use crate::upstream::{ClusterStats, UpstreamError};
 
 /// `x-envoy-retry-on`.
@@ -131,8 +131,9 @@ pub(crate) struct RetryState<'a> {
     back_off_exponent: u32,
     /// A retry was made (the next non-retried outcome is a retry success).
     retried: bool,
-    /// Holding a slot of the `max_retries` breaker.
-    holds_retry_slot: bool,
+    /// The slot of the `max_retries` breaker held by the retry in flight (given back
+    /// when it is decided, or when the request goes away).
+    retry_slot: Option<Slot<'a>>,
     /// The per-try timeout (`x-envoy-upstream-rq-per-try-timeout-ms` or the policy's).
     pub(crate) per_try_timeout: Option<Duration>,
     /// The policy's `per_try_idle_timeout`.
@@ -197,7 +198,7 @@ impl<'a> RetryState<'a> {
             back_off: policy.map_or(RetryBackOff::default(), |p| p.back_off),
             back_off_exponent: 1,
             retried: false,
-            holds_retry_slot: false,
+            retry_slot: None,
             per_try_timeout,
             per_try_idle_timeout,
         })
@@ -279,14 +280,11 @@ impl<'a> RetryState<'a> {
     pub(crate) fn decide(
         &mut self,
         would_retry: bool,
-        level: &Level,
+        level: &'a Level,
         stats: &ClusterStats,
     ) -> Decision {
-        if self.holds_retry_slot {
-            // The retry in flight is over.
-            self.holds_retry_slot = false;
-            level.retries.release();
-        }
+        // The retry in flight (if any) is over.
+        self.retry_slot = None;
         if !would_retry {
             if self.retried {
                 stats.upstream_rq_retry_success.inc();
@@ -302,7 +300,7 @@ impl<'a> RetryState<'a> {
             stats.upstream_rq_retry_overflow.inc();
             return Decision::Overflow;
         }
-        self.holds_retry_slot = true;
+        self.retry_slot = Some(Slot(&level.retries));
         self.retried = true;
         stats.upstream_rq_retry.inc();
         stats.upstream_rq_retry_backoff_exponential.inc();
@@ -310,11 +308,8 @@ impl<'a> RetryState<'a> {
     }
 
     /// Gives back a retry slot still held (the request ended during a retry).
-    pub(crate) fn finish(&mut self, level: &Level) {
-        if self.holds_retry_slot {
-            self.holds_retry_slot = false;
-            level.retries.release();
-        }
+    pub(crate) fn finish(&mut self) {
+        self.retry_slot = None;
     }
 
     /// Envoy's `JitteredExponentialBackOffStrategy`: uniformly random below
@@ -639,6 +634,12 @@ mod tests {
         assert!(matches!(c.decide(true, level, &stats), Decision::Retry(_)));
         assert_eq!(c.decide(false, level, &stats), Decision::No);
         assert_eq!(stats.upstream_rq_retry_success.value(), 1);
+        // A request that goes away during a retry gives its slot back.
+        let mut d = RetryState::new(Some(&p), &mut headers, false).unwrap();
+        assert!(matches!(d.decide(true, level, &stats), Decision::Retry(_)));
+        assert_eq!(level.retries.current(), 1);
+        drop(d);
+        assert_eq!(level.retries.current(), 0);
     }
 
     #[test]

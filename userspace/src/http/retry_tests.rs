@@ -467,8 +467,16 @@ async fn connect_failures_exhausted_say_retried_as_envoy_does() {
 
 #[tokio::test]
 async fn a_post_body_is_replayed_to_the_retry() {
+    for (name, protocol) in [
+        ("rt_replay_h2", UpstreamProtocol::Http2),
+        ("rt_replay_h1", UpstreamProtocol::Http1),
+    ] {
+        post_body_is_replayed(name, protocol).await;
+    }
+}
+
+async fn post_body_is_replayed(name: &str, protocol: UpstreamProtocol) {
     let backend = start_scripted(vec![Reply::Status(503), Reply::Status(200)]).await;
-    let name = "rt_replay";
     let config = manager_config(
         name,
         vec![route(
@@ -476,11 +484,7 @@ async fn a_post_body_is_replayed_to_the_retry() {
             RouteAction::Forward(Box::new(retrying(name, retry_policy("5xx", 1)))),
         )],
     );
-    let (keel, _) = start_keel_manager(
-        config,
-        &[cluster(name, backend.address, UpstreamProtocol::Http2)],
-    )
-    .await;
+    let (keel, _) = start_keel_manager(config, &[cluster(name, backend.address, protocol)]).await;
     let payload = Bytes::from(
         (0..100_000u32)
             .map(|i| (i % 251) as u8)
