@@ -147,6 +147,14 @@ def run_client(port):
         except grpc.RpcError as e:
             out["unary"] = error_of(e)
 
+        # A 3 MB message each way: HTTP/2 flow control on both of keel's sides.
+        big = bytes(range(256)) * (3 * 1024 * 1024 // 256)
+        try:
+            reply = method(channel, "unary_unary", "Unary")(big, timeout=20)
+            out["big_unary_ok"] = reply == b"echo:" + big
+        except grpc.RpcError as e:
+            out["big_unary_ok"] = error_of(e)
+
         try:
             replies = list(method(channel, "unary_stream", "ServerStream")(b"5", timeout=10))
             out["server_stream"] = [r.decode() for r in replies]

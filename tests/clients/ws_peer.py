@@ -8,11 +8,16 @@ answers the text "headers?" with the request path and headers it received as JSO
 `client <url>`: connects to the URL (keel), checks the echo of text, binary and a
 message larger than one frame buffer, asks for the headers, closes cleanly, and
 prints one JSON object with what it saw.
+
+`idle-client <url> <seconds>`: one echo, then silence: prints whether (and after how
+long) the proxy closed the connection.
 """
 
 import asyncio
 import json
+import logging
 import sys
+import time
 
 import websockets
 
@@ -34,6 +39,8 @@ async def echo(connection):
 
 
 async def serve():
+    # A proxy that cuts an idle connection is expected here, not a failure to report.
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
     async with websockets.serve(echo, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print("port %d" % port, flush=True)
@@ -64,10 +71,31 @@ async def client(url):
     print(json.dumps(out), flush=True)
 
 
+async def idle_client(url, wait):
+    """Sends one message, then stays silent for up to `wait` seconds: reports whether
+    and when the proxy closed the connection."""
+    out = {}
+    async with websockets.connect(url, open_timeout=10, close_timeout=2, compression=None) as ws:
+        await ws.send("before idling")
+        out["echo"] = await asyncio.wait_for(ws.recv(), 10)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(ws.recv(), wait)
+            out["closed"] = False
+        except asyncio.TimeoutError:
+            out["closed"] = False
+        except websockets.ConnectionClosed:
+            out["closed"] = True
+        out["idle_ms"] = int((time.monotonic() - started) * 1000)
+    print(json.dumps(out), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         asyncio.run(serve())
     elif sys.argv[1:2] == ["client"]:
         asyncio.run(client(sys.argv[2]))
+    elif sys.argv[1:2] == ["idle-client"]:
+        asyncio.run(idle_client(sys.argv[2], float(sys.argv[3])))
     else:
         sys.exit("usage: ws_peer.py server | client <url>")

@@ -494,7 +494,9 @@ fn check_case(case: &Case) -> Result<(), String> {
     }
     for d in &case.known_gaps {
         if d.what == "config" && (d.request.is_some() || !d.requests.is_empty()) {
-            return Err("a known gap with what: config is about the whole case; drop request".into());
+            return Err(
+                "a known gap with what: config is about the whole case; drop request".into(),
+            );
         }
     }
     for r in &case.access_log_normalize {
@@ -620,6 +622,7 @@ const PREFIX_FIELDS: &[&str] = &[
     "response.header.",
     "trailer.",
     "upstream.header.",
+    "upstream.each.header.",
     "upstream.consistent_by.",
     "access_log.",
     "stat.",
@@ -1014,14 +1017,19 @@ impl Proxy {
                     return Err(format!(
                         "{name} is {} after {timeout:?}; waited for it to be{}{}",
                         value.map_or("absent".to_string(), |v| v.to_string()),
-                        step.at_least.map(|l| format!(" >= {l}")).unwrap_or_default(),
+                        step.at_least
+                            .map(|l| format!(" >= {l}"))
+                            .unwrap_or_default(),
                         step.at_most.map(|m| format!(" <= {m}")).unwrap_or_default(),
                     ));
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let name = step.upstream.as_deref().expect("checked: the step names an upstream");
+        let name = step
+            .upstream
+            .as_deref()
+            .expect("checked: the step names an upstream");
         let upstream = self.upstream(name);
         if let Some(status) = step.health {
             upstream.set_health_status(status);
@@ -1136,7 +1144,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Some((status, body))
 }
 
@@ -1357,6 +1369,17 @@ impl Outcome {
                     Outcome::values(&self.headers, name)
                 } else if let Some(name) = field.strip_prefix("trailer.") {
                     Outcome::values(&self.trailers, name)
+                } else if let Some(name) = field.strip_prefix("upstream.each.header.") {
+                    Some(
+                        self.upstream
+                            .iter()
+                            .map(|r| match r.header(name) {
+                                [] => "<absent>".to_string(),
+                                values => values.join(" | "),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
                 } else if let Some(name) = field.strip_prefix("upstream.header.") {
                     first
                         .map(|r| r.header(name))
@@ -1733,7 +1756,7 @@ fn perform_concurrent(
             .collect();
         let mut outcomes = Vec::with_capacity(n);
         for task in tasks {
-            outcomes.push(task.await.unwrap_or_else(|e| Outcome::failed(e)));
+            outcomes.push(task.await.unwrap_or_else(Outcome::failed));
         }
         outcomes
     });
@@ -1884,7 +1907,10 @@ fn access_log_key(proxy: &Proxy, line: &str, key: &str) -> String {
     }
 }
 
-fn stat_deltas(before: &BTreeMap<String, i64>, after: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+fn stat_deltas(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
     after
         .iter()
         .map(|(name, v)| (name.clone(), v - before.get(name).copied().unwrap_or(0)))
@@ -1908,7 +1934,11 @@ fn observed_value(
         return apply_mode(value, mode);
     }
     if let Some(name) = field.strip_prefix("gauge.") {
-        let value = observed.stats_after.as_ref()?.get(name).map(|v| v.to_string());
+        let value = observed
+            .stats_after
+            .as_ref()?
+            .get(name)
+            .map(|v| v.to_string());
         return apply_mode(value, mode);
     }
     if field == "upstream.distinct" {
@@ -1934,7 +1964,12 @@ fn observed_value(
         let split: Vec<String> = by_key
             .iter()
             .filter(|(_, hosts)| hosts.len() > 1)
-            .map(|(k, hosts)| format!("{k} → {}", hosts.iter().copied().collect::<Vec<_>>().join(", ")))
+            .map(|(k, hosts)| {
+                format!(
+                    "{k} → {}",
+                    hosts.iter().copied().collect::<Vec<_>>().join(", ")
+                )
+            })
             .collect();
         return Some(if split.is_empty() {
             format!("{} key(s), each always sent to one upstream", by_key.len())
@@ -2002,7 +2037,11 @@ impl DiffersOnPurpose {
 
 /// The line of a refusal that says why (keel's error), else the last line.
 fn refusal_line(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .find(|l| l.to_ascii_lowercase().contains("error"))
@@ -2010,14 +2049,22 @@ fn refusal_line(text: &str) -> String {
         .map_or_else(|| text.trim().to_string(), |l| l.to_string())
 }
 
+/// The field a refusal names: in `Error: <path>: <why>`, the path (the whole line when
+/// it does not read that way), so that `mentions` is not fooled by the list of fields
+/// keel does read.
+fn refused_field(text: &str) -> String {
+    let line = refusal_line(text);
+    let rest = line.split_once("Error: ").map_or(line.as_str(), |(_, r)| r);
+    rest.split_once(": ")
+        .map_or(rest, |(path, _)| path)
+        .to_string()
+}
+
 /// Splits a case's mismatches into those its `known_gaps` cover (returned as report
 /// lines) and the rest (kept in `mismatches`); a known gap that covered nothing is a
 /// case error: it has been fixed and must leave the list. Also returns one line per
 /// listed gap with its state, for the list of gaps at the end of the run.
-fn apply_known_gaps(
-    case: &Case,
-    report: &mut CaseReport,
-) -> (Vec<String>, Vec<String>) {
+fn apply_known_gaps(case: &Case, report: &mut CaseReport) -> (Vec<String>, Vec<String>) {
     let mut known = Vec::new();
     let mut used = vec![0usize; case.known_gaps.len()];
     let mut used_by: Vec<BTreeSet<String>> = vec![BTreeSet::new(); case.known_gaps.len()];
@@ -2031,7 +2078,9 @@ fn apply_known_gaps(
             .map_or(m.request.as_str(), |(name, _)| name);
         let found = case.known_gaps.iter().position(|g| {
             g.covers(request, &m.field)
-                && g.mentions.as_deref().is_none_or(|text| m.subject.contains(text))
+                && g.mentions
+                    .as_deref()
+                    .is_none_or(|text| refused_field(&m.subject).contains(text))
         });
         match found {
             Some(i) => {
@@ -2071,7 +2120,11 @@ fn apply_known_gaps(
                 "case {}: known gap {name}: keel matches Envoy now for request(s) {}: remove \
                  them from its requests",
                 case.name,
-                fixed.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+                fixed
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let state = if used > 0 {
@@ -2085,14 +2138,16 @@ fn apply_known_gaps(
         } else {
             let why = match (&refused, &gap.mentions) {
                 (Some(line), Some(text)) => format!(
-                    "keel still refuses the bootstrap, but no longer for {text:?}: it says \
-                     {line:?}; update this gap (its why and mentions)"
+                    "keel still refuses the bootstrap, but no longer for {text:?}: it refuses \
+                     {:?} ({line:?}); update this gap (its why and mentions)",
+                    refused_field(line)
                 ),
                 _ => "keel matches Envoy there now, remove it from known_gaps".to_string(),
             };
-            report
-                .case_errors
-                .push(format!("case {}: known gap {name} no longer applies: {why}", case.name));
+            report.case_errors.push(format!(
+                "case {}: known gap {name} no longer applies: {why}",
+                case.name
+            ));
             "NO LONGER DIFFERS: remove it".to_string()
         };
         listing.push(format!("{name} — {} [{state}]", gap.why.trim()));
@@ -2204,8 +2259,21 @@ pub fn run_case(
         let description = spec.describe();
         let fields = compare_list(case, spec, has_log);
         let group = spec.group_size();
-        for (i, step) in spec.steps.iter().enumerate() {
-            if let Err(why) = a.run_step(step) {
+        // Both proxies run the steps at the same time (waits are paid once).
+        let run_steps = |proxy: &Proxy| -> Vec<Result<(), String>> {
+            spec.steps.iter().map(|step| proxy.run_step(step)).collect()
+        };
+        let (steps_a, steps_b) = std::thread::scope(|scope| {
+            let b_steps = b
+                .as_ref()
+                .filter(|_| !spec.steps.is_empty())
+                .map(|b| scope.spawn(|| run_steps(b)));
+            let a_steps = run_steps(&a);
+            let b_steps = b_steps.map(|h| h.join().expect("the steps thread panicked"));
+            (a_steps, b_steps.unwrap_or_default())
+        });
+        for (i, result) in steps_a.into_iter().enumerate() {
+            if let Err(why) = result {
                 report.case_errors.push(format!(
                     "case {}: request {description}: step {} failed at {}: {why}",
                     case.name,
@@ -2213,16 +2281,16 @@ pub fn run_case(
                     a.label
                 ));
             }
-            if let Some(b) = &b {
-                if let Err(why) = b.run_step(step) {
-                    report.mismatches.push(Mismatch {
-                        case: case.name.clone(),
-                        request: description.clone(),
-                        field: "step".into(),
-                        reference: format!("step {} done", i + 1),
-                        subject: why,
-                    });
-                }
+        }
+        for (i, result) in steps_b.into_iter().enumerate() {
+            if let Err(why) = result {
+                report.mismatches.push(Mismatch {
+                    case: case.name.clone(),
+                    request: description.clone(),
+                    field: "step".into(),
+                    reference: format!("step {} done", i + 1),
+                    subject: why,
+                });
             }
         }
         let is_stat = |f: &str| f.starts_with("stat.") || f.starts_with("gauge.");
@@ -2242,7 +2310,8 @@ pub fn run_case(
             let mut oa = Observed::default();
             let mut ob = b.as_ref().map(|_| Observed::default());
             for index in 0..group {
-                oa.outcomes.push(perform(&runtime, &mut a, spec, index, has_log));
+                oa.outcomes
+                    .push(perform(&runtime, &mut a, spec, index, has_log));
                 if let (Some(b), Some(ob)) = (b.as_mut(), ob.as_mut()) {
                     ob.outcomes.push(perform(&runtime, b, spec, index, has_log));
                 }
@@ -2345,7 +2414,10 @@ pub fn run_case(
                     .filter(|(name, v)| **v != 0 && name.starts_with("cluster."))
                     .map(|(name, v)| format!("{name} {v:+}"))
                     .collect();
-                details.push(format!("         (cluster stats that moved: {})", moved.join(", ")));
+                details.push(format!(
+                    "         (cluster stats that moved: {})",
+                    moved.join(", ")
+                ));
             }
         }
         report.log.push(format!(
@@ -2379,12 +2451,11 @@ fn summary(proxy: &Proxy, observed: &Observed) -> String {
                 .iter()
                 .map(|o| o.field("status").unwrap_or_default()),
         );
-        let names = multiset(
-            observed
-                .outcomes
-                .iter()
-                .map(|o| o.upstream.first().map_or("-".to_string(), |r| r.upstream.clone())),
-        );
+        let names = multiset(observed.outcomes.iter().map(|o| {
+            o.upstream
+                .first()
+                .map_or("-".to_string(), |r| r.upstream.clone())
+        }));
         return format!("{statuses} → {names}");
     }
     let Some(outcome) = observed.outcomes.first() else {
@@ -2753,12 +2824,84 @@ mod tests {
     }
 
     #[test]
+    fn groups_count_values_and_expand_indexes() {
+        assert_eq!(
+            multiset(["503", "200", "503"].map(String::from)),
+            "200 x1; 503 x2"
+        );
+        assert_eq!(expand_index("user-{{i%3}}/{{i}}", 7), "user-1/7");
+        assert_eq!(expand_index("no index", 7), "no index");
+        assert_eq!(dechunk("5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"), "hello!");
+        let before = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 5)]);
+        let after = BTreeMap::from([("a".to_string(), 3), ("c".to_string(), 1)]);
+        assert_eq!(
+            stat_deltas(&before, &after),
+            BTreeMap::from([("a".to_string(), 1), ("c".to_string(), 1)])
+        );
+    }
+
+    #[test]
+    fn known_gaps_ratchet_per_listed_request() {
+        let case: Case = serde_yaml::from_str(
+            "name: c\nbootstrap: ''\nrequests: []\nknown_gaps:\n\
+             - {what: status, requests: [one, two], why: retries}\n\
+             - {what: config, mentions: circuit_breakers, why: breakers}\n",
+        )
+        .unwrap();
+        let mismatch = |request: &str, field: &str, subject: &str| Mismatch {
+            case: "c".into(),
+            request: format!("\"{request}\" (GET /)"),
+            field: field.into(),
+            reference: "x".into(),
+            subject: subject.into(),
+        };
+        let mut report = CaseReport {
+            mismatches: vec![
+                mismatch("one", "status", "503"),
+                mismatch("three", "status", "503"),
+            ],
+            ..CaseReport::default()
+        };
+        let (known, listing) = apply_known_gaps(&case, &mut report);
+        assert_eq!(known.len(), 1, "{known:?}");
+        assert_eq!(report.mismatches.len(), 1, "request three is not listed");
+        assert_eq!(listing.len(), 2);
+        // "two" agrees now, and the config gap covers nothing.
+        assert_eq!(report.case_errors.len(), 2, "{:?}", report.case_errors);
+        assert!(report.case_errors[0].contains("\"two\""));
+
+        let mut refused = CaseReport {
+            mismatches: vec![mismatch(
+                "(none: startup)",
+                "config",
+                "Error: x.health_checks: no",
+            )],
+            subject_refused: Some("Error: x.health_checks: no".into()),
+            ..CaseReport::default()
+        };
+        let _ = apply_known_gaps(&case, &mut refused);
+        assert_eq!(
+            refused.mismatches.len(),
+            1,
+            "mentions circuit_breakers, not health_checks"
+        );
+        assert!(
+            refused
+                .case_errors
+                .iter()
+                .any(|e| e.contains("no longer for")),
+            "{:?}",
+            refused.case_errors
+        );
+    }
+
+    #[test]
     fn every_case_file_loads() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("diff");
         let cases = load_cases(&dir);
         assert!(
-            cases.len() >= 8,
-            "expected at least 8 cases, found {}",
+            cases.len() >= 19,
+            "expected at least 19 cases, found {}",
             cases.len()
         );
     }

@@ -39,8 +39,8 @@
 //! [`Upstream::take_records`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -288,7 +288,9 @@ fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::from_std(listener).map_err(|e| format!("listener: {e}"))
 }
 
-async fn accept(listener: &Option<tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+async fn accept(
+    listener: &Option<tokio::net::TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match listener {
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
@@ -448,9 +450,8 @@ async fn answer_recorded(
     };
     let first = |name: &str| record.header(name).first().cloned();
     // Whether status, delay and reset apply to this request on this upstream.
-    let mut misbehave = first("x-test-only-on").is_none_or(|names| {
-        names.split(',').map(str::trim).any(|n| n == name)
-    });
+    let mut misbehave = first("x-test-only-on")
+        .is_none_or(|names| names.split(',').map(str::trim).any(|n| n == name));
     if misbehave {
         if let Some(limit) = first("x-test-fail-first").and_then(|s| s.trim().parse::<u32>().ok()) {
             let key = first("x-test-key").unwrap_or_else(|| record.path.clone());

@@ -10,7 +10,7 @@
 //! by `cargo xtask setup` (apt: curl, nghttp2-client; pip: grpcio, websockets); a
 //! missing one fails the test with what to run. None of these tests needs root.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -53,7 +53,10 @@ impl Keel {
         let log = std::fs::File::create(dir.join("keel.log")).expect("create keel.log");
         let mut command = if envoy {
             let mut c = Command::new(keel_tests::diff::envoy_binary());
-            let base_id = std::process::id() * 20 + 19;
+            // A base id of its own per Envoy (they share memory regions by it).
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20;
+            let base_id = std::process::id() * 20 + n;
             c.args(["--log-level", "warn", "--base-id", &base_id.to_string()]);
             c
         } else {
@@ -325,7 +328,9 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         ),
     );
     let dir = &keel.dir;
-    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    // 3 MB: curl sends `expect: 100-continue` over HTTP/1.1 for a body this large, and
+    // waits a second for the 100 unless the proxy sends it.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let body_file = dir.join("body.bin");
     std::fs::write(&body_file, &body).unwrap();
 
@@ -334,7 +339,12 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         let mut command = Command::new(&curl);
         command
             .args(["-sS", "--max-time", "30", version])
-            .args(["-o", "-", "-w", "\n@@%{http_code} %{http_version}"])
+            .args([
+                "-o",
+                "-",
+                "-w",
+                "\n@@%{http_code} %{http_version}@@%{time_total}",
+            ])
             .args(args);
         let output = match stdin_file {
             None => run_tool(&mut command),
@@ -347,6 +357,12 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
         let (json, meta) = output
             .rsplit_once("\n@@")
             .unwrap_or_else(|| panic!("curl printed {output:?}"));
+        let (meta, seconds) = meta.split_once("@@").expect("status@@time");
+        let seconds: f64 = seconds.parse().expect("curl's time_total");
+        assert!(
+            seconds < 0.9,
+            "{version} {args:?} took {seconds} s (a 100-continue wait is 1 s)"
+        );
         let record: Record =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("upstream record {json:?}: {e}"));
         (meta.to_string(), record)
@@ -383,6 +399,11 @@ fn curl_http1_and_h2c_with_bodies_and_streamed_uploads() {
             vec![body.len().to_string()]
         );
         assert_eq!(record.header("x-forwarded-proto"), vec!["http".to_string()]);
+        assert!(
+            record.header("expect").is_empty(),
+            "keel answers 100-continue itself: {:?}",
+            record.headers
+        );
         assert_eq!(
             record.header("x-request-id").len(),
             1,
@@ -590,6 +611,11 @@ fn grpc_client_and_server_through_keel() {
         .unwrap_or_else(|| panic!("the server saw no deadline: {unary}"));
     assert!((5_000..=10_500).contains(&deadline_ms), "{unary}");
 
+    assert_eq!(
+        seen["big_unary_ok"], true,
+        "a 3 MB message each way: {}",
+        seen["big_unary_ok"]
+    );
     assert_eq!(
         seen["server_stream"],
         serde_json::json!(["item-0", "item-1", "item-2", "item-3", "item-4"])
@@ -898,4 +924,164 @@ mod raw_h2 {
         }
         outcome
     }
+}
+
+/// An upgraded (websocket) stream is subject to the stream idle timeout, as in Envoy:
+/// keel and Envoy 1.40 on the same bootstrap both close a websocket that stays silent
+/// for `stream_idle_timeout`, and log it the same way.
+#[test]
+fn idle_websocket_is_closed_by_the_stream_idle_timeout_like_envoy() {
+    let python = venv_python();
+    let server = PeerServer::start("ws_peer.py");
+    let config = bootstrap(
+        "upgrade_configs:\n- upgrade_type: websocket\nstream_idle_timeout: 1s",
+        "- match: {prefix: \"/\"}\n  route: {cluster: ws_app}",
+        &[("ws_app", server.port, false)],
+    );
+    let mut seen = Vec::new();
+    for envoy in [true, false] {
+        let proxy = Keel::start_program(
+            if envoy {
+                "ws-idle-envoy"
+            } else {
+                "ws-idle-keel"
+            },
+            &config,
+            envoy,
+        );
+        let output = run_tool(
+            Command::new(&python)
+                .arg(peer_script("ws_peer.py"))
+                .arg("idle-client")
+                .arg(format!("ws://127.0.0.1:{}/idle", proxy.port))
+                .arg("4"),
+        );
+        let outcome: serde_json::Value = serde_json::from_str(output.trim())
+            .unwrap_or_else(|e| panic!("websocket client printed {output:?}: {e}"));
+        let line = proxy.access_log_lines(1).join("\n");
+        seen.push((outcome, line));
+    }
+    let ((envoy, envoy_log), (keel, keel_log)) = (&seen[0], &seen[1]);
+    eprintln!("envoy: {envoy} {envoy_log}\nkeel:  {keel} {keel_log}");
+    assert_eq!(
+        envoy["closed"], true,
+        "Envoy closes the idle websocket: {envoy}"
+    );
+    assert_eq!(
+        keel["closed"], true,
+        "keel closes the idle websocket: {keel}"
+    );
+    let idle = keel["idle_ms"].as_u64().unwrap();
+    assert!(
+        (800..3_000).contains(&idle),
+        "closed after {idle} ms of silence"
+    );
+    // Same line but for the byte counts' exact values.
+    let shape =
+        |line: &str| -> Vec<String> { line.split(' ').take(5).map(str::to_string).collect() };
+    assert_eq!(
+        shape(keel_log),
+        shape(envoy_log),
+        "keel: {keel_log}\nenvoy: {envoy_log}"
+    );
+}
+
+/// An upstream that answers as soon as it has a request's head, without reading its
+/// body: `HTTP/1.1 200` with a 2-byte body, then it drains what comes.
+fn early_answering_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the early upstream");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut connection = connection;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match connection.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = connection.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok",
+                );
+                let mut sink = [0u8; 16 * 1024];
+                while matches!(connection.read(&mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// Sends an HTTP/1.1 POST announcing `announced` body bytes but sending only a few,
+/// and returns the response head keel or Envoy sends before the body is complete.
+fn early_response_head(addr: SocketAddr, announced: usize) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request = format!(
+        "POST /early HTTP/1.1\r\nhost: early.local\r\ncontent-length: {announced}\r\n\r\nfirst bytes"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "no response head ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// An upstream response that arrives while the HTTP/1.1 request body is still coming
+/// closes the downstream connection (`connection: close`) and has no
+/// x-envoy-upstream-service-time, in keel as in Envoy 1.40.
+#[test]
+fn response_before_the_request_body_ends_closes_the_connection_like_envoy() {
+    let port = early_answering_upstream();
+    let config = bootstrap(
+        "",
+        "- match: {prefix: \"/\"}\n  route: {cluster: early}",
+        &[("early", port, false)],
+    );
+    let mut heads = Vec::new();
+    for envoy in [true, false] {
+        let proxy = Keel::start_program(
+            if envoy { "early-envoy" } else { "early-keel" },
+            &config,
+            envoy,
+        );
+        heads.push(early_response_head(proxy.addr(), 1_000_000));
+    }
+    let (envoy, keel) = (&heads[0], &heads[1]);
+    eprintln!("envoy:\n{envoy}\nkeel:\n{keel}");
+    let closes = |head: &str| head.contains("\r\nconnection: close\r\n");
+    assert!(
+        head_status(envoy) == 200 && head_status(keel) == 200,
+        "{envoy}\n{keel}"
+    );
+    assert!(closes(envoy), "Envoy closes: {envoy}");
+    assert!(closes(keel), "keel closes: {keel}");
+    // No x-envoy-upstream-service-time either: it counts from the request's end.
+    let names = |head: &str| -> std::collections::BTreeSet<String> {
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    assert_eq!(names(keel), names(envoy), "envoy:\n{envoy}\nkeel:\n{keel}");
+}
+
+fn head_status(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

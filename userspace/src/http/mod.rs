@@ -9,7 +9,8 @@
 //! - `request`: the request pipeline (validation, header mutations, routing, local
 //!   replies, the filter chain);
 //! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
-//!   request and timeouts, upgrades (websocket splicing), request mirroring;
+//!   request and timeouts, request mirroring; `upgrade`: upgraded (websocket)
+//!   streams spliced, with their idle timeout and access log;
 //! - `retry`: the retry state of a request (Envoy's decisions, back-off) and the
 //!   request body kept for replays;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
@@ -44,6 +45,10 @@
 //! - while a request body streams in, the stream is not checked for idleness (only
 //!   `request_timeout` bounds a stalled upload);
 //! - too many headers on HTTP/2 gets a 431 reply rather than a stream reset;
+//! - (as Envoy) a response that starts before the request body has all arrived gets
+//!   no x-envoy-upstream-service-time (which counts from the request's end) and, on
+//!   HTTP/1, closes the connection (`connection: close`); so does a local reply to a
+//!   request whose body was not read;
 //! - an HTTP/2 client that opens more streams than `max_concurrent_streams` gets the
 //!   excess ones refused (RST_STREAM REFUSED_STREAM, hyper's h2) and the others served;
 //!   Envoy 1.40 closes the whole connection;
@@ -67,6 +72,7 @@ mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -12,8 +12,6 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
@@ -307,11 +305,14 @@ impl Connection {
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
-                // Envoy leaves it off the answer to an upgrade request, 101 or not.
-                if !upgrade {
+                // As Envoy's router: the time since the downstream request was complete,
+                // and none when it is not (still streaming, or an upgrade, 101 or not).
+                let request_done = stream.request_completed_at();
+                if let (false, Some(done)) = (upgrade, request_done) {
+                    let since = now.saturating_duration_since(done.max(sent_at));
                     head.headers.insert(
                         X_ENVOY_UPSTREAM_SERVICE_TIME,
-                        millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
+                        millis_value(since.as_millis() as u64),
                     );
                 }
                 selected.apply_response_headers(
@@ -325,9 +326,9 @@ impl Connection {
                 if forward.options.include_attempt_count_in_response {
                     head.headers.insert(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
                 }
-                if upgrade && !upgraded {
-                    // The upstream refused the upgrade: as Envoy, the connection closes
-                    // (the request never completes as a plain HTTP/1.1 request).
+                if meta.http1 && !upgraded && (upgrade || request_done.is_none()) {
+                    // A response before the request's end (or to an upgrade the upstream
+                    // refused) closes an HTTP/1 connection, as in Envoy.
                     head.headers
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 }
@@ -344,7 +345,7 @@ impl Connection {
                 };
                 if let Some((downstream, upstream)) = upgrade_pair {
                     // The stream lives on with the spliced connections.
-                    splice(downstream, upstream, response.body_mut().take_stream());
+                    super::upgrade::splice(downstream, upstream, response.body_mut().take_stream());
                 }
                 response
             }
@@ -547,6 +548,7 @@ impl Connection {
                                     sent_at,
                                     selected,
                                     set_cookie,
+                                    http1: meta.http1,
                                     attempt_count: options
                                         .include_attempt_count_in_response
                                         .then_some(attempts),
@@ -652,10 +654,16 @@ impl Connection {
         }
         stream.lease = Some(lease);
         let (mut head, body) = response.into_parts();
-        head.headers.insert(
-            X_ENVOY_UPSTREAM_SERVICE_TIME,
-            millis_value(now.saturating_duration_since(how.sent_at).as_millis() as u64),
-        );
+        // As the single-try path: the time since the request was complete (and since
+        // the first try was sent), none while it still streams.
+        let request_done = stream.request_completed_at();
+        if let Some(done) = request_done {
+            let since = now.saturating_duration_since(done.max(how.sent_at));
+            head.headers.insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME,
+                millis_value(since.as_millis() as u64),
+            );
+        }
         if let Some(attempts) = how.attempt_count {
             head.headers
                 .insert(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
@@ -667,6 +675,11 @@ impl Connection {
         self.hcm.headers.mutate_response(&mut head.headers, false);
         if let Some(cookie) = how.set_cookie {
             head.headers.append(http::header::SET_COOKIE, cookie);
+        }
+        if how.http1 && request_done.is_none() {
+            // A response before the request's end closes an HTTP/1 connection.
+            head.headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         Response::from_parts(head, Body::Incoming(body))
     }
@@ -887,6 +900,8 @@ struct UpstreamResponse<'a> {
     sent_at: Instant,
     selected: Selected<'a>,
     set_cookie: Option<HeaderValue>,
+    /// The downstream speaks HTTP/1.x.
+    http1: bool,
     /// `x-envoy-attempt-count` for the response.
     attempt_count: Option<u32>,
 }
@@ -1036,58 +1051,6 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
             true
         }
     }
-}
-
-/// Splices an upgraded downstream connection with the upgraded upstream one; the
-/// stream ends (and is logged) when both directions have ended, with the bytes
-/// each way as its bytes received and sent, and `DC` when the downstream closed
-/// first (as Envoy logs an upgraded stream).
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade, mut stream: StreamGuard) {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    use tokio::io::AsyncWriteExt;
-    const DOWNSTREAM: u8 = 1;
-    const UPSTREAM: u8 = 2;
-    tokio::spawn(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!("upgrade failed: {e}");
-                return; // Dropping the stream ends it.
-            }
-        };
-        let (mut down_read, mut down_write) = tokio::io::split(TokioIo::new(downstream));
-        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
-        let closed_first = AtomicU8::new(0);
-        let to_upstream = async {
-            let copied = tokio::io::copy(&mut down_read, &mut up_write).await;
-            let _ =
-                closed_first.compare_exchange(0, DOWNSTREAM, Ordering::Relaxed, Ordering::Relaxed);
-            let _ = up_write.shutdown().await;
-            copied
-        };
-        let to_downstream = async {
-            let copied = tokio::io::copy(&mut up_read, &mut down_write).await;
-            let _ =
-                closed_first.compare_exchange(0, UPSTREAM, Ordering::Relaxed, Ordering::Relaxed);
-            let _ = down_write.shutdown().await;
-            copied
-        };
-        let (received, sent) = tokio::join!(to_upstream, to_downstream);
-        if let Err(e) = received.as_ref().and(sent.as_ref()) {
-            tracing::debug!("upgraded stream ended: {e}");
-        }
-        let at = match stream.request {
-            RequestState::Complete { at, .. } => at,
-            RequestState::Pending(_) => Instant::now(),
-        };
-        stream.request = RequestState::Complete {
-            bytes: received.unwrap_or(0),
-            complete: true,
-            at,
-        };
-        stream.info.bytes_sent += sent.unwrap_or(0);
-        stream.finish(closed_first.load(Ordering::Relaxed) != DOWNSTREAM);
-    });
 }
 
 #[cfg(test)]

@@ -109,6 +109,12 @@ impl Timers {
         }
     }
 
+    /// The stream idle timeout in force (the route's `idle_timeout` or the connection
+    /// manager's `stream_idle_timeout`).
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
+    }
+
     /// Replaces the stream's duration limit (a route's `max_stream_duration`);
     /// `None` removes it.
     pub(crate) fn set_max_stream(&mut self, deadline: Option<Instant>) {
@@ -263,6 +269,36 @@ pub(crate) struct ActiveStream {
 }
 
 impl ActiveStream {
+    /// When the downstream request was complete, `None` while its body is still
+    /// coming (or was cut off).
+    pub(crate) fn request_completed_at(&mut self) -> Option<Instant> {
+        match &mut self.request {
+            RequestState::Complete { at, complete, .. } => complete.then_some(*at),
+            RequestState::Pending(receiver) => match receiver.try_recv() {
+                Ok(end) => {
+                    self.request = RequestState::Complete {
+                        bytes: end.bytes,
+                        complete: end.complete,
+                        at: end.at,
+                    };
+                    self.timers.request_complete(end.at);
+                    end.complete.then_some(end.at)
+                }
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    let now = Instant::now();
+                    self.request = RequestState::Complete {
+                        bytes: 0,
+                        complete: false,
+                        at: now,
+                    };
+                    self.timers.request_complete(now);
+                    None
+                }
+            },
+        }
+    }
+
     /// Sets the response flag (once).
     pub(crate) fn flag(&mut self, flag: &'static str) {
         add_flag(&mut self.info, flag);
