@@ -44,6 +44,9 @@ enum Reply {
 #[derive(Debug, Clone)]
 struct Seen {
     attempt_count: Option<String>,
+    /// `x-envoy-retry-on` reached the upstream.
+    retry_on_header: bool,
+    expected_timeout: Option<String>,
     body: Bytes,
 }
 
@@ -84,13 +87,20 @@ async fn start_scripted(script: Vec<Reply>) -> Backend {
                     async move {
                         let n = count.fetch_add(1, Ordering::SeqCst);
                         let reply = script[n.min(script.len() - 1)].clone();
-                        let attempt_count = request
-                            .headers()
-                            .get("x-envoy-attempt-count")
-                            .map(|v| v.to_str().unwrap().to_owned());
+                        let header = |name: &str| {
+                            request
+                                .headers()
+                                .get(name)
+                                .map(|v| v.to_str().unwrap().to_owned())
+                        };
+                        let attempt_count = header("x-envoy-attempt-count");
+                        let retry_on_header = header("x-envoy-retry-on").is_some();
+                        let expected_timeout = header("x-envoy-expected-rq-timeout-ms");
                         let body = request.into_body().collect().await.map(|b| b.to_bytes());
                         seen.lock().unwrap().push(Seen {
                             attempt_count,
+                            retry_on_header,
+                            expected_timeout,
                             body: body.unwrap_or_default(),
                         });
                         reply_with(reply).await
@@ -850,4 +860,100 @@ async fn per_try_idle_timeout_retries_a_silent_try_and_cuts_a_stalled_body() {
     // Envoy 1.40 logs the same line for the same exchange.
     let log = read_log(&manager, &log);
     assert_eq!(log, "200 UT 2 upstream_per_try_idle_timeout\n");
+}
+
+/// Sets Envoy's retry and timeout request headers, as a trusted peer would (keel's
+/// connection manager removes them from clients).
+struct EnvoyHeaders(&'static [(&'static str, &'static str)]);
+
+impl crate::http::filter::HttpFilter for EnvoyHeaders {
+    fn name(&self) -> &str {
+        "test.envoy_headers"
+    }
+
+    fn decode_headers(
+        &self,
+        request: &mut http::request::Parts,
+        _: &mut crate::http::filter::FilterContext<'_>,
+    ) -> crate::http::filter::FilterStatus<http::request::Parts> {
+        for (name, value) in self.0 {
+            request
+                .headers
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        crate::http::filter::FilterStatus::Continue
+    }
+}
+
+async fn start_keel_with_filter(
+    config: HttpConnectionManager,
+    clusters: &[model::Cluster],
+    filter: EnvoyHeaders,
+) -> SocketAddr {
+    let upstreams = Arc::new(crate::upstream::Upstreams::new(clusters));
+    let manager = Arc::new(
+        super::ConnectionManager::with_filters(Arc::new(config), upstreams, vec![Arc::new(filter)])
+            .expect("config compiles"),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(manager.serve(listener));
+    address
+}
+
+#[tokio::test]
+async fn envoy_request_headers_ask_for_retries_and_timeouts() {
+    let backend = start_scripted(vec![Reply::Status(503)]).await;
+    let name = "rt_headers";
+    let config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(forward_action(name))),
+        )],
+    );
+    let keel = start_keel_with_filter(
+        config,
+        &[cluster(name, backend.address, UpstreamProtocol::Http1)],
+        EnvoyHeaders(&[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "2")]),
+    )
+    .await;
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 3, "x-envoy-max-retries: 2");
+    assert!(
+        seen.iter().all(|s| !s.retry_on_header),
+        "the router consumes x-envoy-retry-on"
+    );
+    assert_eq!(stat(name, "upstream_rq_retry_limit_exceeded"), 1);
+
+    let slow = start_scripted(vec![Reply::Delay(Duration::from_secs(2), 200)]).await;
+    let name = "rt_headers_timeout";
+    let config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(forward_action(name))),
+        )],
+    );
+    let keel = start_keel_with_filter(
+        config,
+        &[cluster(name, slow.address, UpstreamProtocol::Http1)],
+        EnvoyHeaders(&[("x-envoy-upstream-rq-timeout-ms", "200")]),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        slow.requests()[0].expected_timeout.as_deref(),
+        Some("200"),
+        "x-envoy-expected-rq-timeout-ms follows the header's timeout"
+    );
 }
