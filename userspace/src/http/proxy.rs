@@ -27,7 +27,7 @@ use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
-use crate::upstream::hash::{request_hash, RequestHash};
+use crate::upstream::hash::{request_hash_for_connection, RequestHash};
 use crate::upstream::{
     fast_random, ClusterUpstream, Host, Outcome, PickContext, UpstreamError, WireProtocol,
 };
@@ -110,10 +110,11 @@ impl Connection {
         let hash = if forward.hash_policy.is_empty() {
             RequestHash::default()
         } else {
-            request_hash(
+            request_hash_for_connection(
                 &forward.hash_policy,
                 &parts.headers,
-                Some(stream.info.downstream_remote.ip()),
+                stream.info.downstream_remote,
+                stream.info.downstream_local,
             )
         };
         let upgrade = meta.upgrade.is_some();
@@ -132,6 +133,8 @@ impl Connection {
         }
         let pick = PickContext {
             hash: hash.value,
+            original_dst: cluster
+                .original_destination(&parts.headers, stream.info.downstream_local),
             ..PickContext::default()
         };
         let Some(host) = cluster.pick(&pick) else {
@@ -250,6 +253,7 @@ impl Connection {
                     protocol,
                     set_cookie: hash.set_cookie,
                     hash: hash.value,
+                    original_dst: pick.original_dst,
                 };
                 return Box::pin(self.forward_with_retries(
                     stream, parts, body, selected, forward, meta, attempt, retry,
@@ -390,6 +394,7 @@ impl Connection {
             protocol,
             set_cookie,
             hash,
+            original_dst,
         } = attempt;
         let options = &forward.options;
         let level = cluster.breakers.at(options.priority);
@@ -615,12 +620,14 @@ impl Connection {
                     previous.push(Arc::clone(&host));
                     cluster.pick(&PickContext {
                         hash,
+                        original_dst,
                         previous_hosts: &previous,
                         reselect_attempts,
                     })
                 }
                 None => cluster.pick(&PickContext {
                     hash,
+                    original_dst,
                     ..PickContext::default()
                 }),
             };
@@ -893,6 +900,8 @@ struct Attempt<'a> {
     protocol: WireProtocol,
     set_cookie: Option<HeaderValue>,
     hash: Option<u64>,
+    /// The original destination picked by an ORIGINAL_DST cluster.
+    original_dst: Option<std::net::SocketAddr>,
 }
 
 /// How an upstream response is passed on.
