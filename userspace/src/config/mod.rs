@@ -31,6 +31,8 @@ pub mod supported;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]
+mod resilience_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

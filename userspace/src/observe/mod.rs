@@ -52,6 +52,9 @@ pub struct StreamInfo {
     pub route_name: Option<String>,
     /// Details of a local reply (`%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: Option<String>,
+    /// Tries sent upstream, retries included (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0
+    /// when the request never went upstream).
+    pub upstream_attempt_count: u32,
 }
 
 impl StreamInfo {
@@ -81,6 +84,7 @@ impl StreamInfo {
             upstream_cluster: None,
             route_name: None,
             response_code_details: None,
+            upstream_attempt_count: 0,
         }
     }
 }
