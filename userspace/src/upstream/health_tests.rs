@@ -673,3 +673,55 @@ async fn a_thousand_hosts_are_each_checked_every_round() {
         "{per_host:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_ejects_the_outlier_as_envoy_computes_it() {
+    let mut backends = Vec::new();
+    for _ in 0..5 {
+        backends.push(start_backend().await);
+    }
+    backends[0].status.store(503, Ordering::Relaxed);
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    let extra = r#"    outlier_detection:
+      interval: 0.5s
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+      consecutive_5xx: 100000
+      consecutive_gateway_failure: 100000
+"#;
+    let keel = Keel::start(&bootstrap("od_rate", &addresses, extra)).await;
+    let detector = keel
+        .cluster("od_rate")
+        .health
+        .outlier
+        .clone()
+        .expect("a detector");
+    let deadline = Instant::now() + PATIENCE;
+    // Batches of requests until an interval saw 100 per host and ejected host 0.
+    while keel.flags("od_rate", addresses[0]) & HealthFlags::FAILED_OUTLIER_CHECK == 0 {
+        assert!(Instant::now() < deadline, "no success-rate ejection");
+        keel.requests(100).await;
+    }
+    // Same as Envoy 1.40 for rates [0, 100, 100, 100, 100]: average 80, stdev 40,
+    // threshold 80 - 1.9 × 40 = 4.
+    let figures = detector.figures();
+    assert_eq!(figures.success_rate_average, 80.0);
+    assert!((figures.success_rate_ejection_threshold - 4.0).abs() < 1e-9);
+    let prefix = "cluster.od_rate.outlier_detection.";
+    assert_eq!(
+        counter(&format!("{prefix}ejections_enforced_success_rate")),
+        1
+    );
+    assert_eq!(
+        counter(&format!("{prefix}ejections_detected_success_rate")),
+        1
+    );
+    assert_eq!(
+        counter(&format!("{prefix}ejections_total")),
+        0,
+        "as Envoy 1.40"
+    );
+    let hosts = keel.cluster("od_rate").hosts();
+    assert_eq!(hosts.hosts[0].outlier.success_rate(), 0.0);
+    assert_eq!(hosts.hosts[1].outlier.success_rate(), 100.0);
+}

@@ -134,7 +134,7 @@ pub struct OutlierStats {
     pub ejections_overflow: Counter,
     /// `ejections_enforced_total`.
     pub ejections_enforced_total: Counter,
-    /// `ejections_total` (deprecated in Envoy: detected ejections of any type).
+    /// `ejections_total` (deprecated; Envoy 1.40 keeps it at 0, and so does keel).
     pub ejections_total: Counter,
     /// `ejections_consecutive_5xx` (deprecated in Envoy: detected).
     pub ejections_consecutive_5xx: Counter,
@@ -471,7 +471,8 @@ impl DetectorTask<'_> {
     fn detected(&self, kind: EjectionType) {
         let stats = &self.detector.stats;
         stats.detected(kind).inc();
-        stats.ejections_total.inc();
+        // Envoy 1.40 leaves the deprecated ejections_total at 0 (checked), while the
+        // deprecated per-type counters count detections.
         match kind {
             EjectionType::Consecutive5xx => stats.ejections_consecutive_5xx.inc(),
             EjectionType::SuccessRate => stats.ejections_success_rate.inc(),

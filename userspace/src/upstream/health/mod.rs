@@ -653,6 +653,40 @@ mod tests {
     }
 
     #[test]
+    fn hosts_start_failed_and_discovered_hosts_pending() {
+        let cluster = model::Cluster {
+            name: "hc_adopt".into(),
+            endpoints: vec![model::Endpoint {
+                address: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+            }],
+            health_checks: vec![config()],
+            ..model::Cluster::default()
+        };
+        let upstreams = Upstreams::new(&[cluster]);
+        let cluster = upstreams.get("hc_adopt").unwrap();
+        let first = Arc::clone(&cluster.hosts().hosts[0]);
+        assert_eq!(
+            first.health.get(),
+            HealthFlags::FAILED_ACTIVE_HC,
+            "as Envoy 1.40 at start-up"
+        );
+        first.health.clear(HealthFlags::FAILED_ACTIVE_HC);
+        let added = Arc::new(Host::new("127.0.0.1:2".parse().unwrap(), 1, 0));
+        cluster.set_hosts(vec![Arc::clone(&first), Arc::clone(&added)]);
+        assert_eq!(first.health.get(), 0, "a host that stays keeps its health");
+        assert_eq!(
+            added.health.get(),
+            HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC
+        );
+        // The picker skips the pending host.
+        for _ in 0..10 {
+            let picked = cluster.pick(&super::super::PickContext::default()).unwrap();
+            assert!(Arc::ptr_eq(&picked, &first));
+        }
+    }
+
+    #[test]
     fn intervals_follow_envoy() {
         let config = config();
         let s = |healthy, t, traffic| next_interval(&config, healthy, t, traffic).as_secs();
