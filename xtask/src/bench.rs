@@ -9,6 +9,7 @@
 //! The harness (process guard, sandbox, load generators, statistics, report) lives in
 //! `bench/*.rs` so that later scenarios reuse it; `l4` is the first scenario.
 
+mod health;
 mod l4;
 mod load;
 mod peers;
@@ -29,7 +30,7 @@ use crate::setup;
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (all when none is given): l4.
+    /// Scenarios to run (all when none is given): l4, health.
     pub scenarios: Vec<String>,
     /// Short runs, for CI and quick checks.
     #[arg(long)]
@@ -70,11 +71,18 @@ pub struct Context {
 type Scenario = (&'static str, &'static str, fn(&Context) -> Result<()>);
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
-const SCENARIOS: &[Scenario] = &[(
-    "l4",
-    "TCP service: direct vs kernel-balanced vs keel tcp_proxy vs HAProxy (vs Envoy)",
-    l4::run,
-)];
+const SCENARIOS: &[Scenario] = &[
+    (
+        "l4",
+        "TCP service: direct vs kernel-balanced vs keel tcp_proxy vs HAProxy (vs Envoy)",
+        l4::run,
+    ),
+    (
+        "health",
+        "HTTP request latency while 10,000 endpoints are health-checked every second",
+        health::run,
+    ),
+];
 
 /// Runs the benchmarks named in `args` (or one of the internal load generators).
 pub fn run(args: &BenchArgs) -> Result<()> {
