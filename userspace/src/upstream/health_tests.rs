@@ -725,3 +725,25 @@ async fn success_rate_ejects_the_outlier_as_envoy_computes_it() {
     assert_eq!(hosts.hosts[0].outlier.success_rate(), 0.0);
     assert_eq!(hosts.hosts[1].outlier.success_rate(), 100.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_follow_a_replaced_host_set() {
+    let (a, b) = (start_backend().await, start_backend().await);
+    let extra = http_check("      http_health_check: {path: /healthz}\n");
+    let keel = Keel::start(&bootstrap("hc_follow", &[a.address], &extra)).await;
+    wait_for("a passes", || keel.flags("hc_follow", a.address) == 0).await;
+    // Discovery (DNS) replaces the hosts: b is new, pending its first check.
+    let cluster = keel.cluster("hc_follow");
+    let new_host = Arc::new(super::Host::new(b.address, 1, 0));
+    cluster.set_hosts(vec![Arc::clone(&new_host)]);
+    assert_eq!(
+        new_host.health.get(),
+        HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC
+    );
+    wait_for("b is checked and passes", || new_host.health.get() == 0).await;
+    // a is no longer checked: its health endpoint may fail without anyone noticing.
+    let before = counter("cluster.hc_follow.health_check.failure");
+    a.health.store(503, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(counter("cluster.hc_follow.health_check.failure"), before);
+}

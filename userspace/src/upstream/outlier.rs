@@ -366,7 +366,7 @@ pub async fn run(cluster: Arc<ClusterUpstream>, mut stop: watch::Receiver<bool>)
         cluster: &cluster,
         detector: &detector,
         hosts: HashMap::new(),
-        set: 0,
+        set: None,
     };
     let interval = detector.config.interval;
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -388,7 +388,7 @@ struct DetectorTask<'a> {
     detector: &'a Detector,
     hosts: HashMap<usize, HostState>,
     /// The host set the map was last synced with.
-    set: usize,
+    set: Option<Arc<super::HostSet>>,
 }
 
 impl DetectorTask<'_> {
@@ -396,11 +396,11 @@ impl DetectorTask<'_> {
     /// theirs (an ejected one stops counting as active).
     fn sync(&mut self) {
         let set = self.cluster.hosts();
-        let pointer = Arc::as_ptr(&*set) as usize;
-        if pointer == self.set {
+        // The set itself is kept, so its address cannot be reused by a later set.
+        if self.set.as_ref().is_some_and(|known| Arc::ptr_eq(known, &set)) {
             return;
         }
-        self.set = pointer;
+        self.set = Some(Arc::clone(&set));
         let mut seen = HashMap::with_capacity(set.hosts.len());
         for host in &set.hosts {
             let key = host_key(host);

@@ -231,8 +231,7 @@ fn checked_endpoint(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 1 + (x / 256) as u8, (x % 256) as u8, y as u8], HEALTH_TARGET_PORT))
 }
 
-const HCM_HEAD: &str = "\
-      - name: envoy.filters.network.http_connection_manager
+const HCM_HEAD: &str = "      - name: envoy.filters.network.http_connection_manager
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
@@ -672,5 +671,6 @@ Transfer/sec:      3.33MB
         assert!(yaml.contains("http_health_check: {path: /healthz}"), "{yaml}");
         let backends = backends_bootstrap();
         assert!(backends.contains("address: 0.0.0.0, port_value: 9000"), "{backends}");
+        assert!(backends.contains("\n      - name: envoy.filters.network.http_connection_manager\n"), "{backends}");
     }
 }

@@ -275,7 +275,7 @@ pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receive
         timers: BinaryHeap::new(),
         ready: VecDeque::new(),
         checks: JoinSet::new(),
-        set: 0,
+        set: None,
         next_generation: 0,
         first_sync: true,
     };
@@ -330,7 +330,7 @@ struct Scheduler<'a> {
     /// Hosts due but waiting for a slot.
     ready: VecDeque<(usize, u64)>,
     checks: JoinSet<Done>,
-    set: usize,
+    set: Option<Arc<super::HostSet>>,
     next_generation: u64,
     first_sync: bool,
 }
@@ -339,11 +339,11 @@ impl Scheduler<'_> {
     /// Follows the cluster's current host set.
     fn sync(&mut self, now: Instant) {
         let set = self.cluster.hosts();
-        let pointer = Arc::as_ptr(&*set) as usize;
-        if pointer == self.set {
+        // The set itself is kept, so its address cannot be reused by a later set.
+        if self.set.as_ref().is_some_and(|known| Arc::ptr_eq(known, &set)) {
             return;
         }
-        self.set = pointer;
+        self.set = Some(Arc::clone(&set));
         let mut sessions = HashMap::with_capacity(set.hosts.len());
         for host in &set.hosts {
             let key = Arc::as_ptr(host) as usize;
