@@ -397,7 +397,11 @@ impl DetectorTask<'_> {
     fn sync(&mut self) {
         let set = self.cluster.hosts();
         // The set itself is kept, so its address cannot be reused by a later set.
-        if self.set.as_ref().is_some_and(|known| Arc::ptr_eq(known, &set)) {
+        if self
+            .set
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, &set))
+        {
             return;
         }
         self.set = Some(Arc::clone(&set));

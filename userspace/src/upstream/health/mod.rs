@@ -77,7 +77,7 @@ pub enum HealthError {
 
 /// A cluster's health-checking and outlier-detection parts, as [`ClusterUpstream`]
 /// holds them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterHealth {
     /// The active health check, if configured.
     pub check: Option<HealthCheck>,
@@ -85,6 +85,42 @@ pub struct ClusterHealth {
     pub stats: Option<HealthCheckStats>,
     /// The outlier detector, if configured.
     pub outlier: Option<Arc<Detector>>,
+    /// `cluster.<name>.membership_*`, kept for every cluster.
+    pub membership: Membership,
+}
+
+/// `cluster.<name>.membership_total` / `_healthy` / `_degraded` / `_excluded`: the
+/// hosts of the current set and how many may take traffic, counted each time a set
+/// is published (so after every health change).
+#[derive(Debug)]
+pub struct Membership {
+    /// `membership_total`.
+    pub total: Gauge,
+    /// `membership_healthy`.
+    pub healthy: Gauge,
+    /// `membership_degraded` (keel has no degraded hosts: 0).
+    pub degraded: Gauge,
+    /// `membership_excluded` (0).
+    pub excluded: Gauge,
+}
+
+impl Membership {
+    fn new(cluster: &str) -> Membership {
+        let store = stats::global();
+        let gauge = |name: &str| store.gauge(&format!("cluster.{cluster}.{name}"));
+        Membership {
+            total: gauge("membership_total"),
+            healthy: gauge("membership_healthy"),
+            degraded: gauge("membership_degraded"),
+            excluded: gauge("membership_excluded"),
+        }
+    }
+
+    fn count(&self, hosts: &[Arc<Host>]) {
+        self.total.set(hosts.len() as i64);
+        self.healthy
+            .set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
+    }
 }
 
 impl ClusterHealth {
@@ -97,7 +133,10 @@ impl ClusterHealth {
                 host.health.set(HealthFlags::FAILED_ACTIVE_HC);
             }
         }
+        let membership = Membership::new(&cluster.name);
+        membership.count(hosts);
         ClusterHealth {
+            membership,
             stats: check.as_ref().map(|_| HealthCheckStats::new(&cluster.name)),
             check,
             outlier: cluster
@@ -107,20 +146,22 @@ impl ClusterHealth {
         }
     }
 
-    /// Hosts published by service discovery that were not in the old set start
-    /// unhealthy and pending their first check (Envoy's `/failed_active_hc
-    /// /pending_active_hc`).
+    /// A new host set is about to be published (discovery, or a health change):
+    /// hosts that were not in the old set start unhealthy and pending their first
+    /// check when the cluster is health-checked (Envoy's `/failed_active_hc
+    /// /pending_active_hc`), and the membership gauges are counted again.
     pub fn adopt(&self, old: &[Arc<Host>], new: &[Arc<Host>]) {
-        if self.check.is_none() {
-            return;
-        }
-        let known: std::collections::HashSet<*const Host> = old.iter().map(Arc::as_ptr).collect();
-        for host in new {
-            if !known.contains(&Arc::as_ptr(host)) {
-                host.health
-                    .set(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+        if self.check.is_some() {
+            let known: std::collections::HashSet<*const Host> =
+                old.iter().map(Arc::as_ptr).collect();
+            for host in new {
+                if !known.contains(&Arc::as_ptr(host)) {
+                    host.health
+                        .set(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+                }
             }
         }
+        self.membership.count(new);
     }
 }
 
@@ -340,7 +381,11 @@ impl Scheduler<'_> {
     fn sync(&mut self, now: Instant) {
         let set = self.cluster.hosts();
         // The set itself is kept, so its address cannot be reused by a later set.
-        if self.set.as_ref().is_some_and(|known| Arc::ptr_eq(known, &set)) {
+        if self
+            .set
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, &set))
+        {
             return;
         }
         self.set = Some(Arc::clone(&set));
@@ -678,6 +723,15 @@ mod tests {
         assert_eq!(
             added.health.get(),
             HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC
+        );
+        let gauge = |name: &str| {
+            stats::global()
+                .gauge(&format!("cluster.hc_adopt.{name}"))
+                .value()
+        };
+        assert_eq!(
+            (gauge("membership_total"), gauge("membership_healthy")),
+            (2, 1)
         );
         // The picker skips the pending host.
         for _ in 0..10 {
