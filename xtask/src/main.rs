@@ -13,6 +13,7 @@ mod bpf_linker;
 mod build;
 mod cmd;
 mod envoy;
+mod pyclients;
 mod run;
 mod setup;
 mod test;

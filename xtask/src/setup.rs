@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 
 use crate::{bpf_linker, cmd};
 
-/// Packages the end-to-end tests drive; a test whose tool is absent skips with a reason.
-const APT_PACKAGES: &[&str] = &["iproute2", "iperf3", "curl", "haproxy"];
+/// Packages the end-to-end tests drive (nghttp2-client: h2load and nghttp for
+/// `tests/tests/clients.rs`, which fails, naming the package, when one is missing).
+const APT_PACKAGES: &[&str] = &["iproute2", "iperf3", "curl", "haproxy", "nghttp2-client"];
 
 /// Where keel pins its maps; the folder must be a bpf filesystem.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -40,13 +41,17 @@ pub fn ensure_toolchain() -> Result<()> {
     step("bpf-linker", bpf_linker::ensure)
 }
 
-/// What testing keel needs besides the toolchain: apt packages, the reference Envoy
-/// and bpffs.
+/// What testing keel needs besides the toolchain: apt packages, the reference Envoy,
+/// the Python peers of the client tests and bpffs.
 pub fn ensure_host() -> Result<()> {
     step("apt packages for the tests", ensure_apt_packages)?;
     step(
         "Envoy 1.40 for the differential tests",
         crate::envoy::ensure,
+    )?;
+    step(
+        "grpcio and websockets for the client tests",
+        crate::pyclients::ensure,
     )?;
     ensure_bpffs_mounted()
 }
@@ -57,7 +62,7 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
 }
 
 /// Runs one step and prints `[setup] <name> ... <outcome> (<seconds>s)`.
-fn step(name: &str, action: impl FnOnce() -> Result<Outcome>) -> Result<()> {
+pub fn step(name: &str, action: impl FnOnce() -> Result<Outcome>) -> Result<()> {
     let started = Instant::now();
     let result = action();
     let seconds = started.elapsed().as_secs_f64();
@@ -134,10 +139,16 @@ fn ensure_rust_src() -> Result<Outcome> {
 }
 
 fn ensure_apt_packages() -> Result<Outcome> {
-    let Some(missing) = missing_apt_packages() else {
+    ensure_apt(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not report as installed (one `apt-get
+/// install` for all of them, printed before it runs); a setup step.
+pub fn ensure_apt(packages: &[&'static str]) -> Result<Outcome> {
+    let Some(missing) = missing_apt_packages(packages) else {
         return Ok(Outcome::Skipped(format!(
             "dpkg-query not found (not a Debian-family system); install {} yourself",
-            APT_PACKAGES.join(", ")
+            packages.join(", ")
         )));
     };
     if missing.is_empty() {
@@ -160,10 +171,10 @@ fn ensure_apt_packages() -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// The test packages dpkg does not report as installed; `None` without dpkg-query.
-fn missing_apt_packages() -> Option<Vec<&'static str>> {
+/// The packages dpkg does not report as installed; `None` without dpkg-query.
+fn missing_apt_packages(packages: &[&'static str]) -> Option<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for package in APT_PACKAGES {
+    for package in packages {
         let output = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))?;
         // "install ok installed"; an unknown package exits non-zero.
         let status = String::from_utf8_lossy(&output.stdout);

@@ -41,6 +41,10 @@ use super::keel_v1;
 use super::{descriptor_pool, index, join, parse, supported, type_url_message_name, ConfigError};
 use crate::model;
 
+/// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
+const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Envoy's default tcp_proxy `idle_timeout`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Where keel pins its maps when `keel.v1.Datapath.bpffs_path` is empty.
@@ -255,18 +259,11 @@ fn convert_listener(
     let (address, protocol) = socket_address(address, &address_path, PortRule::AnyPort)?;
 
     let chains_path = join(path, "filter_chains");
-    if l.filter_chains.is_empty() {
+    if l.filter_chains.is_empty() && l.default_filter_chain.is_none() {
         return Err(ConfigError::field(
             chains_path,
             "missing; a listener needs a filter chain whose last filter is envoy.filters.network.tcp_proxy \
              or envoy.filters.network.http_connection_manager",
-        ));
-    }
-    if l.filter_chains.len() > 1 {
-        return Err(ConfigError::field(
-            index(&chains_path, 1),
-            "a second filter chain would have the same (empty) filter_chain_match as the first, \
-             and keel does not support filter_chain_match yet; use one filter chain per listener",
         ));
     }
     let filter_chains = l
@@ -275,18 +272,202 @@ fn convert_listener(
         .enumerate()
         .map(|(i, chain)| filter_chain(chain, &index(&chains_path, i), clusters))
         .collect::<Result<Vec<_>>>()?;
+    for (i, chain) in filter_chains.iter().enumerate() {
+        if let Some(first) = filter_chains[..i]
+            .iter()
+            .position(|c| c.filter_chain_match == chain.filter_chain_match)
+        {
+            return Err(ConfigError::field(
+                join(&index(&chains_path, i), "filter_chain_match"),
+                format!(
+                    "the same as the filter_chain_match of filter_chains[{first}]; each filter chain \
+                     of a listener needs its own match"
+                ),
+            ));
+        }
+    }
+    let default_filter_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(|chain| filter_chain(chain, &join(path, "default_filter_chain"), clusters))
+        .transpose()?;
 
     let balancing = match &l.metadata {
         Some(metadata) => listener_balancing(metadata, &join(path, "metadata"))?,
         None => model::Balancing::Userspace,
     };
+    if balancing == model::Balancing::Kernel
+        && (filter_chains.len() != 1
+            || filter_chains[0].filter_chain_match != Default::default()
+            || default_filter_chain.is_some())
+    {
+        return Err(ConfigError::field(
+            chains_path,
+            "a kernel-balanced listener has exactly one filter chain, without filter_chain_match \
+             (the kernel sees only the destination at connect time)",
+        ));
+    }
     Ok(model::Listener {
         name: l.name.clone(),
         address,
         protocol,
         filter_chains,
+        default_filter_chain,
+        listener_filters: listener_filters(l, path)?,
+        buffer_limit: l
+            .per_connection_buffer_limit_bytes
+            .map_or(DEFAULT_BUFFER_LIMIT, |v| v.value),
         balancing,
     })
+}
+
+/// `listener_filters`, with their timeout.
+fn listener_filters(
+    l: &listener::Listener,
+    path: &str,
+) -> Result<model::listener::ListenerFilters> {
+    let mut filters = model::listener::ListenerFilters {
+        timeout: timeout(
+            l.listener_filters_timeout.as_ref(),
+            Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            &join(path, "listener_filters_timeout"),
+        )?,
+        continue_on_timeout: l.continue_on_listener_filters_timeout,
+        ..Default::default()
+    };
+    let filters_path = join(path, "listener_filters");
+    for (i, filter) in l.listener_filters.iter().enumerate() {
+        let filter_path = index(&filters_path, i);
+        let type_url = match &filter.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        let kind = type_url_message_name(type_url).unwrap_or(filter.name.as_str());
+        match kind {
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            | "envoy.filters.listener.tls_inspector" => filters.tls_inspector = true,
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+            | "envoy.filters.listener.http_inspector" => filters.http_inspector = true,
+            _ => {
+                return Err(ConfigError::field(
+                    filter_path,
+                    format!(
+                        "listener filter {:?} is not supported by keel; keel has \
+                         envoy.filters.listener.tls_inspector and envoy.filters.listener.http_inspector",
+                        if type_url.is_empty() { &filter.name } else { type_url }
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(filters)
+}
+
+/// `filter_chain_match`.
+fn filter_chain_match(
+    m: &listener::FilterChainMatch,
+    path: &str,
+) -> Result<model::listener::FilterChainMatch> {
+    use listener::filter_chain_match::ConnectionSourceType;
+    let destination_port = match m.destination_port {
+        None => None,
+        Some(port) => Some(
+            u16::try_from(port.value)
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| {
+                    ConfigError::field(join(path, "destination_port"), "must be a port, 1 to 65535")
+                })?,
+        ),
+    };
+    let server_names = m
+        .server_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let valid = !name.is_empty()
+                && name != "*"
+                && (!name.contains('*') || (name.starts_with("*.") && !name[1..].contains('*')));
+            if valid {
+                Ok(name.to_ascii_lowercase())
+            } else {
+                Err(ConfigError::field(
+                    index(&join(path, "server_names"), i),
+                    format!(
+                        "{name:?} is not a server name: give a name (www.example.com) or a wildcard \
+                         of a whole label (*.example.com); leave server_names out to match any"
+                    ),
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let source_type = match ConnectionSourceType::try_from(m.source_type) {
+        Ok(ConnectionSourceType::Any) => model::listener::SourceType::Any,
+        Ok(ConnectionSourceType::SameIpOrLoopback) => model::listener::SourceType::SameIpOrLoopback,
+        Ok(ConnectionSourceType::External) => model::listener::SourceType::External,
+        Err(_) => {
+            return Err(ConfigError::field(
+                join(path, "source_type"),
+                format!("unknown source type {}", m.source_type),
+            ))
+        }
+    };
+    let source_ports = m
+        .source_ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| {
+            u16::try_from(port).ok().filter(|&p| p > 0).ok_or_else(|| {
+                ConfigError::field(
+                    index(&join(path, "source_ports"), i),
+                    "must be a port, 1 to 65535",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(model::listener::FilterChainMatch {
+        destination_port,
+        prefix_ranges: cidr_ranges(&m.prefix_ranges, &join(path, "prefix_ranges"))?,
+        server_names,
+        transport_protocol: Some(m.transport_protocol.clone()).filter(|t| !t.is_empty()),
+        application_protocols: m.application_protocols.clone(),
+        direct_source_prefix_ranges: cidr_ranges(
+            &m.direct_source_prefix_ranges,
+            &join(path, "direct_source_prefix_ranges"),
+        )?,
+        source_type,
+        source_prefix_ranges: cidr_ranges(
+            &m.source_prefix_ranges,
+            &join(path, "source_prefix_ranges"),
+        )?,
+        source_ports,
+    })
+}
+
+/// A list of `CidrRange`s.
+fn cidr_ranges(ranges: &[core::CidrRange], path: &str) -> Result<Vec<model::listener::CidrRange>> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| {
+            let range_path = index(path, i);
+            let address: IpAddr = range.address_prefix.parse().map_err(|_| {
+                ConfigError::field(
+                    join(&range_path, "address_prefix"),
+                    format!("{:?} is not an IP address", range.address_prefix),
+                )
+            })?;
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            let prefix_len = range.prefix_len.map_or(0, |p| p.value);
+            if prefix_len > max {
+                return Err(ConfigError::field(
+                    join(&range_path, "prefix_len"),
+                    format!("{prefix_len} is longer than the address ({max} bits)"),
+                ));
+            }
+            Ok(model::listener::CidrRange::new(address, prefix_len as u8))
+        })
+        .collect()
 }
 
 fn filter_chain(
@@ -318,8 +499,13 @@ fn filter_chain(
         }
         filters.push(network_filter(filter, &filter_path, clusters)?);
     }
+    let filter_chain_match = match &chain.filter_chain_match {
+        Some(m) => filter_chain_match(m, &join(path, "filter_chain_match"))?,
+        None => Default::default(),
+    };
     Ok(model::FilterChain {
         name: chain.name.clone(),
+        filter_chain_match,
         filters,
     })
 }
@@ -389,13 +575,34 @@ fn convert_tcp_proxy(
         ));
     }
     let cluster_path = join(path, "cluster");
+    let mut weighted_clusters = Vec::new();
     let cluster = match &config.cluster_specifier {
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => name,
-        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            return Err(ConfigError::field(
-                join(path, "weighted_clusters"),
-                "field not supported by keel",
-            ))
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::Cluster(name)) if !name.is_empty() => {
+            known_cluster(name, &cluster_path, clusters)?;
+            name.clone()
+        }
+        Some(tcp_proxy::tcp_proxy::ClusterSpecifier::WeightedClusters(weighted)) => {
+            let list_path = join(path, "weighted_clusters.clusters");
+            for (i, entry) in weighted.clusters.iter().enumerate() {
+                let entry_path = index(&list_path, i);
+                known_cluster(&entry.name, &join(&entry_path, "name"), clusters)?;
+                if entry.weight == 0 {
+                    return Err(ConfigError::field(
+                        join(&entry_path, "weight"),
+                        "must be at least 1",
+                    ));
+                }
+                weighted_clusters.push((entry.name.clone(), entry.weight));
+            }
+            match weighted_clusters.first() {
+                Some((first, _)) => first.clone(),
+                None => {
+                    return Err(ConfigError::field(
+                        list_path,
+                        "missing; weighted_clusters needs at least one cluster",
+                    ))
+                }
+            }
         }
         _ => {
             return Err(ConfigError::field(
@@ -404,7 +611,6 @@ fn convert_tcp_proxy(
             ))
         }
     };
-    known_cluster(cluster, &cluster_path, clusters)?;
     let idle_timeout = timeout(
         config.idle_timeout.as_ref(),
         Some(DEFAULT_IDLE_TIMEOUT),
@@ -412,7 +618,8 @@ fn convert_tcp_proxy(
     )?;
     Ok(model::TcpProxy {
         stat_prefix: config.stat_prefix.clone(),
-        cluster: cluster.clone(),
+        cluster,
+        weighted_clusters,
         idle_timeout,
     })
 }

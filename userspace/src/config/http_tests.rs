@@ -1387,3 +1387,67 @@ fn unknown_network_filter_lists_the_supported_ones() {
         "{error}"
     );
 }
+
+#[test]
+fn route_upgrades_and_stream_durations() {
+    let model = load(&with_routes(
+        r#"
+- match: {prefix: "/ws/"}
+  route:
+    cluster: app
+    upgrade_configs:
+    - {upgrade_type: WebSocket}
+    - {upgrade_type: custom, enabled: false}
+- match: {prefix: "/grpc/"}
+  route:
+    cluster: grpc
+    timeout: 2s
+    max_stream_duration:
+      max_stream_duration: 30s
+      grpc_timeout_header_max: 10s
+      grpc_timeout_header_offset: 0.1s
+- match: {prefix: "/"}
+  route: {cluster: app, timeout: 2s}
+"#,
+    ));
+    let routes = &hcm_of(&model).route_config.virtual_hosts[0].routes;
+    let ws = forward(&routes[0]);
+    assert_eq!(
+        ws.upgrades,
+        vec![
+            ("websocket".to_string(), true),
+            ("custom".to_string(), false)
+        ]
+    );
+    let grpc = forward(&routes[1]);
+    assert_eq!(
+        grpc.timeout, None,
+        "max_stream_duration replaces the route timeout"
+    );
+    assert_eq!(
+        grpc.max_stream_duration,
+        Some(crate::model::http::RouteStreamDuration {
+            max_stream_duration: Some(Duration::from_secs(30)),
+            grpc_timeout_header_max: Some(Duration::from_secs(10)),
+            grpc_timeout_header_offset: Some(Duration::from_millis(100)),
+        })
+    );
+    let plain = forward(&routes[2]);
+    assert_eq!(plain.timeout, Some(Duration::from_secs(2)));
+    assert!(plain.upgrades.is_empty() && plain.max_stream_duration.is_none());
+
+    expect_error(
+        &with_routes(
+            "- match: {prefix: \"/\"}\n  route:\n    cluster: app\n    upgrade_configs:\n    - {upgrade_type: websocket}\n    - {upgrade_type: WEBSOCKET}",
+        ),
+        &format!("{}.route.upgrade_configs[1].upgrade_type", route_path(0)),
+        "duplicate upgrade type",
+    );
+    expect_error(
+        &with_routes(
+            "- match: {prefix: \"/\"}\n  route:\n    cluster: app\n    upgrade_configs:\n    - {upgrade_type: CONNECT, connect_config: {}}",
+        ),
+        &format!("{}.route.upgrade_configs[0].connect_config", route_path(0)),
+        "not supported",
+    );
+}

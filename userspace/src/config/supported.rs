@@ -58,13 +58,58 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     // Listeners.
     (
         "envoy.config.listener.v3.Listener",
-        &["name", "address", "filter_chains", "metadata"],
+        &[
+            "name",
+            "address",
+            "filter_chains",
+            "default_filter_chain",
+            "listener_filters",
+            "listener_filters_timeout",
+            "continue_on_listener_filters_timeout",
+            "per_connection_buffer_limit_bytes",
+            "metadata",
+        ],
     ),
-    ("envoy.config.listener.v3.FilterChain", &["name", "filters"]),
+    (
+        "envoy.config.listener.v3.FilterChain",
+        &["name", "filter_chain_match", "filters"],
+    ),
+    (
+        "envoy.config.listener.v3.FilterChainMatch",
+        &[
+            "destination_port",
+            "prefix_ranges",
+            "direct_source_prefix_ranges",
+            "source_type",
+            "source_prefix_ranges",
+            "source_ports",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+        ],
+    ),
+    ("envoy.config.core.v3.CidrRange", &["address_prefix", "prefix_len"]),
+    ("envoy.config.listener.v3.ListenerFilter", &["name", "typed_config"]),
+    (
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        &[],
+    ),
+    (
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        &[],
+    ),
     (LISTENER_FILTER, &["name", "typed_config"]),
     (
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        &["stat_prefix", "cluster", "idle_timeout"],
+        &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster",
+        &["clusters"],
+    ),
+    (
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight",
+        &["name", "weight"],
     ),
     // The HTTP connection manager.
     (
@@ -227,9 +272,23 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "auto_host_rewrite",
             "timeout",
             "idle_timeout",
+            "upgrade_configs",
+            "max_stream_duration",
             "request_mirror_policies",
             "retry_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.MaxStreamDuration",
+        &[
+            "max_stream_duration",
+            "grpc_timeout_header_max",
+            "grpc_timeout_header_offset",
+        ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.UpgradeConfig",
+        &["upgrade_type", "enabled"],
     ),
     (
         "envoy.config.route.v3.WeightedCluster",

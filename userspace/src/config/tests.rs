@@ -77,12 +77,20 @@ fn good_model() -> Bootstrap {
             protocol: Protocol::Tcp,
             filter_chains: vec![FilterChain {
                 name: String::new(),
+                filter_chain_match: Default::default(),
                 filters: vec![NetworkFilter::TcpProxy(TcpProxy {
                     stat_prefix: "web".into(),
                     cluster: "web".into(),
+                    weighted_clusters: Vec::new(),
                     idle_timeout: Some(Duration::from_secs(30)),
                 })],
             }],
+            default_filter_chain: None,
+            listener_filters: crate::model::listener::ListenerFilters {
+                timeout: Some(Duration::from_secs(15)),
+                ..Default::default()
+            },
+            buffer_limit: 1024 * 1024,
             balancing: Balancing::Kernel,
         }],
         clusters: vec![Cluster {
@@ -369,12 +377,12 @@ fn unsupported_field_names_its_path() {
     let yaml = minimal(
         "",
         CLUSTER_C,
-        "    health_checks:\n    - {timeout: 1s, interval: 5s, tcp_health_check: {}}",
+        "    lb_subset_config: {fallback_policy: ANY_ENDPOINT}",
         ENDPOINT,
     );
     expect_error(
         &yaml,
-        "static_resources.clusters[0].health_checks",
+        "static_resources.clusters[0].lb_subset_config",
         "field not supported by keel",
     );
 }
@@ -684,5 +692,127 @@ fn load_file_names_a_missing_file() {
             .to_string()
             .starts_with("/nonexistent/keel/bootstrap.yaml: cannot read"),
         "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Filter chains and listener filters.
+
+/// A userspace listener `edge` with `listener` lines (listener level, indented 4) and
+/// `chains` (the items of filter_chains, indented 4), and a cluster `a`.
+fn listener_yaml(listener: &str, chains: &str) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: edge
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 10000}}}}
+{listener}
+    filter_chains:
+{chains}
+  clusters:
+  - name: a
+    load_assignment:
+      cluster_name: a
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9001}}}}}}}}]}}]
+"#
+    )
+}
+
+/// A filter chain item to cluster `a`, with `match_yaml` as its filter_chain_match
+/// (flow style), or none.
+fn chain_to_a(match_yaml: Option<&str>) -> String {
+    let mut chain = String::from("    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: a}\n");
+    if let Some(m) = match_yaml {
+        chain.push_str(&format!("      filter_chain_match: {m}\n"));
+    }
+    chain
+}
+
+#[test]
+fn filter_chain_matches_load() {
+    let yaml = listener_yaml(
+        r#"    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
+    per_connection_buffer_limit_bytes: 32768
+    listener_filters_timeout: 2s"#,
+        &[
+            chain_to_a(Some(
+                r#"{server_names: ["*.Example.com"], destination_port: 10000, prefix_ranges: [{address_prefix: 127.0.0.9, prefix_len: 8}], source_type: SAME_IP_OR_LOOPBACK, transport_protocol: tls, application_protocols: [h2], source_ports: [4000]}"#,
+            )),
+            chain_to_a(None),
+        ]
+        .concat(),
+    );
+    let model = load_yaml(&yaml);
+    let listener = &model.listeners[0];
+    assert_eq!(listener.buffer_limit, 32768);
+    assert!(listener.listener_filters.tls_inspector);
+    assert_eq!(
+        listener.listener_filters.timeout,
+        Some(Duration::from_secs(2))
+    );
+    let m = &listener.filter_chains[0].filter_chain_match;
+    assert_eq!(m.server_names, vec!["*.example.com".to_string()]);
+    assert_eq!(m.destination_port, Some(10000));
+    assert_eq!(
+        m.prefix_ranges[0].address,
+        "127.0.0.0".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(m.transport_protocol.as_deref(), Some("tls"));
+    assert_eq!(m.source_ports, vec![4000]);
+    assert_eq!(
+        listener.filter_chains[1].filter_chain_match,
+        Default::default()
+    );
+}
+
+#[test]
+fn filter_chain_errors_name_the_field() {
+    let chains = "static_resources.listeners[0].filter_chains";
+    expect_error(
+        &listener_yaml("", &[chain_to_a(None), chain_to_a(None)].concat()),
+        &format!("{chains}[1].filter_chain_match"),
+        "the same as the filter_chain_match of filter_chains[0]",
+    );
+    expect_error(
+        &listener_yaml(
+            "",
+            &chain_to_a(Some(r#"{server_names: ["w*.example.com"]}"#)),
+        ),
+        &format!("{chains}[0].filter_chain_match.server_names[0]"),
+        "not a server name",
+    );
+    expect_error(
+        &listener_yaml(
+            "",
+            &chain_to_a(Some(
+                "{prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 33}]}",
+            )),
+        ),
+        &format!("{chains}[0].filter_chain_match.prefix_ranges[0].prefix_len"),
+        "longer than the address",
+    );
+    expect_error(
+        &listener_yaml(
+            r#"    listener_filters:
+    - name: envoy.filters.listener.original_dst"#,
+            &chain_to_a(None),
+        ),
+        "static_resources.listeners[0].listener_filters[0]",
+        "not supported",
+    );
+    expect_error(
+        &listener_yaml(
+            "    metadata: {filter_metadata: {keel: {balancing: KERNEL}}}",
+            &[
+                chain_to_a(Some("{destination_port: 10000}")),
+                chain_to_a(None),
+            ]
+            .concat(),
+        ),
+        chains,
+        "exactly one filter chain",
     );
 }

@@ -192,7 +192,7 @@ fn prepare_bpffs(dir: &Path) -> Result<(), DatapathError> {
         .ok_or_else(|| bad("has no parent folder".into()))?;
     let on_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     if !on_bpffs(parent) {

@@ -90,6 +90,14 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
                 "a kernel-balanced listener's chain is a single tcp_proxy filter".into(),
             ));
         };
+        if !tcp_proxy.weighted_clusters.is_empty() {
+            return Err(err(
+                ".filter_chains[0].filters[0].typed_config.weighted_clusters",
+                "the kernel balances over one cluster per service; use cluster, or balance \
+                 this listener in userspace (leave out the keel metadata)"
+                    .into(),
+            ));
+        }
         let (ci, cluster) = bootstrap
             .clusters
             .iter()

@@ -230,6 +230,9 @@ impl HeaderPolicy {
         upgrade: bool,
     ) -> Downstream {
         let bits = scan.bits;
+        if bits & seen::CONNECTION != 0 {
+            remove_connection_nominated(headers, upgrade);
+        }
         if bits & (seen::CONNECTION | seen::UPGRADE) != 0 && !upgrade {
             headers.remove(CONNECTION);
             headers.remove(UPGRADE);
@@ -367,6 +370,36 @@ impl HeaderPolicy {
             }
             _ => {}
         }
+    }
+}
+
+/// Removes the headers that `connection` names (RFC 9110 §7.6.1: they are hop-by-hop
+/// too), as Envoy does. The connection options themselves (`close`, `keep-alive`,
+/// `upgrade`) are handled by the caller; headers the request cannot lose (`host`,
+/// framing, `te`, which has its own rule) stay.
+fn remove_connection_nominated(headers: &mut HeaderMap, upgrade: bool) {
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(token) else {
+                continue;
+            };
+            let keep = matches!(
+                name.as_str(),
+                "close" | "keep-alive" | "host" | "content-length" | "te" | "connection"
+            ) || (upgrade && name == UPGRADE)
+                || name.as_str().starts_with(':');
+            if !keep {
+                nominated.push(name);
+            }
+        }
+    }
+    for name in nominated {
+        headers.remove(name);
     }
 }
 
@@ -633,6 +666,22 @@ mod tests {
         assert!(h.get("x-envoy-retry-on").is_none());
         assert!(h.get("connection").is_none());
         assert_eq!(h["te"], "trailers");
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Drop-Me"),
+            ("connection", "close"),
+            ("x-drop-me", "1"),
+            ("x-keep", "1"),
+        ]);
+        mutate(
+            &policy(false, 0),
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(h.get("x-drop-me").is_none(), "named in connection: dropped");
+        assert_eq!(h["x-keep"], "1");
         assert_eq!(d.remote, Some("10.1.2.3".parse().unwrap()));
     }
 

@@ -9,7 +9,8 @@
 //! - `request`: the request pipeline (validation, header mutations, routing, local
 //!   replies, the filter chain);
 //! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
-//!   request and timeouts, upgrades (websocket splicing), request mirroring;
+//!   request and timeouts, request mirroring; `upgrade`: upgraded (websocket)
+//!   streams spliced, with their idle timeout and access log;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
 //!   response body (stats, pool release, access logs);
@@ -20,7 +21,7 @@
 //! hands the socket to hyper's HTTP/1 or HTTP/2 server directly (no rewind buffer);
 //! only a client that sent part of the preface and paused goes through hyper-util's
 //! auto-detecting server. HTTP/1 connections are upgradeable only when
-//! `upgrade_configs` allows websocket.
+//! `upgrade_configs` (of the connection manager or of a route) allow websocket.
 //!
 //! Connection timeouts: `request_headers_timeout` is hyper's HTTP/1 header read
 //! timeout (which also bounds how long an idle keep-alive connection waits for its
@@ -32,16 +33,25 @@
 //! Stream timeouts, as Envoy: the route `timeout` runs from the end of the request to
 //! the end of the response (504, flag UT, before response headers; a reset after);
 //! `stream_idle_timeout` or the route's `idle_timeout` (flag SI), `request_timeout`
-//! (408 while the request is incomplete) and `max_stream_duration`, each answering 408
-//! while the request is still arriving and 504 once it is complete. One timer serves
+//! (408 while the request is incomplete) and `max_stream_duration` (the connection
+//! manager's, or the route's `max_stream_duration`, which may take a gRPC request's
+//! `grpc-timeout` and then rewrites that header to the limit), each answering 408
+//! while the request is still arriving and 504 once it is complete (gRPC: status 4). One timer serves
 //! them all per stream, re-armed lazily and reused across a connection's streams.
 //!
 //! Known differences from Envoy 1.40, by design or not done yet:
 //! - while a request body streams in, the stream is not checked for idleness (only
 //!   `request_timeout` bounds a stalled upload);
 //! - too many headers on HTTP/2 gets a 431 reply rather than a stream reset;
-//! - `grpc-timeout` is ignored, as Envoy does without
-//!   `max_stream_duration.grpc_timeout_header_max` (not in the model yet);
+//! - (as Envoy) a response that starts before the request body has all arrived gets
+//!   no x-envoy-upstream-service-time (which counts from the request's end) and, on
+//!   HTTP/1, closes the connection (`connection: close`); so does a local reply to a
+//!   request whose body was not read;
+//! - an HTTP/2 client that opens more streams than `max_concurrent_streams` gets the
+//!   excess ones refused (RST_STREAM REFUSED_STREAM, hyper's h2) and the others served;
+//!   Envoy 1.40 closes the whole connection;
+//! - (as Envoy) `grpc-timeout` is honoured only on routes whose `max_stream_duration`
+//!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
 //! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no
@@ -57,6 +67,7 @@ mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -126,7 +137,11 @@ pub struct ConnectionManager {
     access_logs: Vec<AccessLogger>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
+    /// `upgrade_configs` of the connection manager allow websocket.
     upgrade_websocket: bool,
+    /// Some route or the connection manager allows websocket: HTTP/1 connections
+    /// are served upgradeable.
+    upgradeable: bool,
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For the rare client that pauses inside the HTTP/2 preface.
@@ -257,6 +272,17 @@ impl ConnectionManager {
             .initial_connection_window_size(config.http2.initial_connection_window_size)
             .max_header_list_size(config.max_request_headers_kb.saturating_mul(1024));
 
+        let upgrade_websocket = config.upgrade_types.iter().any(|t| t == "websocket");
+        let upgradeable = upgrade_websocket
+            || config.route_config.virtual_hosts.iter().any(|vhost| {
+                vhost.routes.iter().any(|route| match &route.action {
+                    RouteAction::Forward(forward) => forward
+                        .upgrades
+                        .iter()
+                        .any(|(kind, enabled)| *enabled && kind == "websocket"),
+                    _ => false,
+                })
+            });
         Ok(ConnectionManager {
             routes,
             route_extras,
@@ -265,12 +291,28 @@ impl ConnectionManager {
             access_logs,
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
-            upgrade_websocket: config.upgrade_types.iter().any(|t| t == "websocket"),
+            upgrade_websocket,
+            upgradeable,
             h1,
             h2,
             auto,
             config,
         })
+    }
+
+    /// Whether a websocket upgrade may go through `route`: its `upgrade_configs`
+    /// decide when they name websocket, else the connection manager's (Envoy's
+    /// `createUpgradeFilterChain`).
+    fn websocket_allowed(&self, route: &crate::model::http::Route) -> bool {
+        let by_route = match &route.action {
+            RouteAction::Forward(forward) => forward
+                .upgrades
+                .iter()
+                .find(|(kind, _)| kind == "websocket")
+                .map(|(_, enabled)| *enabled),
+            _ => None,
+        };
+        by_route.unwrap_or(self.upgrade_websocket)
     }
 
     /// The configuration served.
@@ -339,7 +381,7 @@ impl ConnectionManager {
             Some(Codec::Http1) => {
                 self.stats.downstream_cx_http1_total.inc();
                 let connection = self.h1.serve_connection(io, unboxed);
-                if self.upgrade_websocket {
+                if self.upgradeable {
                     conn.drive(connection.with_upgrades()).await;
                 } else {
                     conn.drive(connection).await;

@@ -11,8 +11,6 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body as _;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
@@ -21,13 +19,56 @@ use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
-use crate::model::http::{ForwardAction, HostRewrite};
+use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::hash::{request_hash, RequestHash};
 use crate::upstream::{
     fast_random, ClusterUpstream, Outcome, PickContext, UpstreamError, WireProtocol,
 };
+
+/// gRPC's deadline header.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// Envoy's `Grpc::Common::getGrpcTimeout`: at most 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`); sub-millisecond units round up to whole milliseconds.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_millis(n.div_ceil(1_000)),
+        b'n' => Duration::from_millis(n.div_ceil(1_000_000)),
+        _ => return None,
+    })
+}
+
+/// Envoy's `Grpc::Common::toGrpcTimeout`: milliseconds, or a coarser unit when the
+/// value does not fit in 8 digits.
+fn grpc_timeout_value(limit: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut value = limit.as_millis();
+    let mut unit = 'm';
+    for (next, factor) in [('S', 1000), ('M', 60), ('H', 60)] {
+        if value <= MAX {
+            break;
+        }
+        value /= factor;
+        unit = next;
+    }
+    HeaderValue::from_str(&format!("{}{unit}", value.min(MAX)))
+        .expect("digits and a unit are a valid header value")
+}
+
+/// The host a host rewrite replaced (Envoy's `x-envoy-original-host`).
+const X_ENVOY_ORIGINAL_HOST: http::HeaderName =
+    http::HeaderName::from_static("x-envoy-original-host");
 
 /// Frames a mirror may lag behind its request before it is cut off.
 const MIRROR_BACKLOG: usize = 64;
@@ -100,18 +141,24 @@ impl Connection {
                 parts.headers.insert(ORIGINAL_PATH_HEADER, value);
             }
         }
-        match &forward.host_rewrite {
-            HostRewrite::None => {}
-            HostRewrite::Literal(host) => {
-                if let Ok(value) = HeaderValue::from_str(host) {
-                    set_authority(&mut parts, value);
-                }
+        // As Envoy's `updateAuthority` (the router's `suppress_envoy_headers` is not
+        // supported, so always): the host it replaces goes to x-envoy-original-host.
+        let new_host = match &forward.host_rewrite {
+            HostRewrite::None => None,
+            HostRewrite::Literal(host) => HeaderValue::from_str(host).ok(),
+            // Envoy rewrites to the chosen host's hostname, and a STATIC endpoint (the
+            // only kind keel has; `endpoint.hostname` is not supported) has none: the
+            // host stays.
+            HostRewrite::Auto => None,
+        };
+        if let Some(value) = new_host {
+            if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {
+                parts.headers.insert(X_ENVOY_ORIGINAL_HOST, old);
             }
-            HostRewrite::Auto => {
-                if let Ok(value) = HeaderValue::from_str(&address.to_string()) {
-                    set_authority(&mut parts, value);
-                }
-            }
+            set_authority(&mut parts, value);
+        }
+        if let Some(limits) = &forward.max_stream_duration {
+            self.route_stream_duration(&mut stream, &mut parts, limits, meta.grpc);
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
         if let Some(expected) = &extras.expected_timeout {
@@ -157,6 +204,9 @@ impl Connection {
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         }
         let request = Request::from_parts(parts, body);
+        // From here the body is the upstream request's to read.
+        let mut meta = meta;
+        meta.body_unread = false;
         let sent_at = Instant::now();
         let send = async {
             if upgrade {
@@ -199,10 +249,16 @@ impl Connection {
                 let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
                 let (mut head, body) = response.into_parts();
-                head.headers.insert(
-                    X_ENVOY_UPSTREAM_SERVICE_TIME,
-                    millis_value(now.saturating_duration_since(sent_at).as_millis() as u64),
-                );
+                // As Envoy's router: the time since the downstream request was complete,
+                // and none when it is not (still streaming, or an upgrade, 101 or not).
+                let request_done = stream.request_completed_at();
+                if let (false, Some(done)) = (upgrade, request_done) {
+                    let since = now.saturating_duration_since(done.max(sent_at));
+                    head.headers.insert(
+                        X_ENVOY_UPSTREAM_SERVICE_TIME,
+                        millis_value(since.as_millis() as u64),
+                    );
+                }
                 selected.apply_response_headers(
                     &mut head.headers,
                     &FormatContext::new(&stream.info).with_scheme(SCHEME),
@@ -211,16 +267,28 @@ impl Connection {
                 if let Some(cookie) = hash.set_cookie {
                     head.headers.append(http::header::SET_COOKIE, cookie);
                 }
+                if meta.http1 && !upgraded && (upgrade || request_done.is_none()) {
+                    // A response before the request's end (or to an upgrade the upstream
+                    // refused) closes an HTTP/1 connection, as in Envoy.
+                    head.headers
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let mut meta = meta;
-                if let (Some(upstream), Some(downstream)) = (upstream_upgrade, meta.upgrade.take())
-                {
-                    splice(downstream, upstream);
-                }
+                let upgrade_pair = match (upstream_upgrade, meta.upgrade.take()) {
+                    (Some(upstream), Some(downstream)) => Some((downstream, upstream)),
+                    _ => None,
+                };
                 let response = Response::from_parts(head, Body::Incoming(body));
-                if meta.filters_ran == 0 {
-                    return self.finish_response(stream, response);
+                let mut response = if meta.filters_ran == 0 {
+                    self.finish_response(stream, response)
+                } else {
+                    Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                };
+                if let Some((downstream, upstream)) = upgrade_pair {
+                    // The stream lives on with the spliced connections.
+                    super::upgrade::splice(downstream, upstream, response.body_mut().take_stream());
                 }
-                Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                response
             }
             Ok(Err(error)) => {
                 let outcome = match error {
@@ -243,6 +311,43 @@ impl Connection {
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
         }
+    }
+
+    /// Applies a route's `max_stream_duration` to the stream, as Envoy's
+    /// `refreshDurationTimeout`: the limit runs from the stream's start, and a gRPC
+    /// request's `grpc-timeout` is set to it (removed when there is none).
+    fn route_stream_duration(
+        &self,
+        stream: &mut StreamGuard,
+        parts: &mut http::request::Parts,
+        limits: &RouteStreamDuration,
+        grpc: bool,
+    ) {
+        let grpc_timeout = if grpc {
+            parts
+                .headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
+        let limit = limits.limit(grpc_timeout, self.hcm.config.timeouts.max_stream_duration);
+        if grpc {
+            match limit {
+                Some(limit) => {
+                    parts
+                        .headers
+                        .insert(GRPC_TIMEOUT, grpc_timeout_value(limit));
+                }
+                None => {
+                    parts.headers.remove(GRPC_TIMEOUT);
+                }
+            }
+        }
+        let start = stream.info.start;
+        stream
+            .timers
+            .set_max_stream(limit.map(|limit| start + limit));
     }
 
     /// The local reply for a timer that fired before the response started.
@@ -475,24 +580,6 @@ fn prepare_upstream_request(parts: &mut http::request::Parts, protocol: WireProt
     }
 }
 
-/// Splices an upgraded downstream connection with the upgraded upstream one.
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!("upgrade failed: {e}");
-                return;
-            }
-        };
-        let mut downstream = TokioIo::new(downstream);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-            tracing::debug!("upgraded stream ended: {e}");
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +590,60 @@ mod tests {
         assert_eq!(shadow_host("example.com:8080"), "example.com-shadow:8080");
         assert_eq!(shadow_host("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(shadow_host("[::1]"), "[::1]-shadow");
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        assert_eq!(
+            parse_grpc_timeout(b"200m"),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(parse_grpc_timeout(b"5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"1500u"), Some(Duration::from_millis(2)));
+        assert_eq!(parse_grpc_timeout(b"1n"), Some(Duration::from_millis(1)));
+        assert_eq!(parse_grpc_timeout(b"123456789m"), None, "9 digits");
+        assert_eq!(parse_grpc_timeout(b"m"), None);
+        assert_eq!(parse_grpc_timeout(b"10x"), None);
+        assert_eq!(grpc_timeout_value(Duration::from_secs(5)), "5000m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(200_000)), "200000S");
+        let limits = RouteStreamDuration {
+            max_stream_duration: Some(Duration::from_secs(3)),
+            grpc_timeout_header_max: Some(Duration::from_secs(10)),
+            grpc_timeout_header_offset: Some(Duration::from_millis(9_800)),
+        };
+        let hcm = Some(Duration::from_secs(60));
+        assert_eq!(
+            limits.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_millis(200)),
+            "capped at 10 s, less the offset"
+        );
+        assert_eq!(
+            limits.limit(None, hcm),
+            Some(Duration::from_secs(3)),
+            "no grpc-timeout: the route's limit"
+        );
+        let uncapped = RouteStreamDuration {
+            max_stream_duration: Some(Duration::ZERO),
+            grpc_timeout_header_max: Some(Duration::ZERO),
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(
+            uncapped.limit(Some(Duration::from_secs(20)), hcm),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            uncapped.limit(None, hcm),
+            None,
+            "zero disables the HCM's limit"
+        );
+        let inherit = RouteStreamDuration {
+            max_stream_duration: None,
+            grpc_timeout_header_max: None,
+            grpc_timeout_header_offset: None,
+        };
+        assert_eq!(inherit.limit(Some(Duration::from_secs(1)), hcm), hcm);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 
 use super::body::Body;
@@ -34,6 +34,9 @@ pub(crate) struct RequestMeta {
     pub random: u64,
     /// The downstream side of an allowed upgrade.
     pub upgrade: Option<OnUpgrade>,
+    /// The request body has not been read and is not empty: a local reply closes an
+    /// HTTP/1 connection (as Envoy does for a response before the request's end).
+    pub body_unread: bool,
 }
 
 /// A response on its way: ready, or behind the encode filters (boxed: the filter
@@ -92,12 +95,14 @@ impl Connection {
         let (mut parts, body) = request.into_parts();
         let info = StreamInfo::new(self.peer, self.local, protocol_name(parts.version));
         let mut stream = StreamGuard::new(Arc::clone(&self), info, hcm.logs());
+        stream.head_request = parts.method == Method::HEAD;
         let mut meta = RequestMeta {
             grpc: false,
             http1,
             filters_ran: 0,
             random: 0,
             upgrade: None,
+            body_unread: http1 && !body.is_end_stream(),
         };
 
         if let Some(reply) = self.check_request(&mut parts) {
@@ -107,28 +112,16 @@ impl Connection {
         let scan = RequestScan::new(&parts.headers);
         meta.grpc = scan.grpc;
 
-        // Upgrades (websocket): allowed by `upgrade_configs`, else 403 as in Envoy.
-        let upgrade = if parts.method == Method::CONNECT {
+        // An upgrade asked for (`Some(true)` websocket, `Some(false)` another protocol
+        // or CONNECT). As in Envoy, its `connection` / `upgrade` headers stay, and
+        // whether it is allowed is decided once the route is known.
+        let upgrade_asked = if parts.method == Method::CONNECT {
             Some(false)
         } else if http1 {
             scan.upgrade()
-                .map(|websocket| websocket && hcm.upgrade_websocket)
         } else {
             None
         };
-        match upgrade {
-            Some(false) => {
-                let reply = LocalReply::new(StatusCode::FORBIDDEN, "")
-                    .details("upgrade_failed")
-                    .close();
-                return self.local_reply(stream, reply, &meta, None).await;
-            }
-            Some(true) => {
-                hcm.stats.downstream_cx_upgrades_total.inc();
-                meta.upgrade = parts.extensions.remove::<OnUpgrade>();
-            }
-            None => {}
-        }
 
         let downstream = hcm.headers.mutate_request(
             &mut parts.headers,
@@ -136,7 +129,7 @@ impl Connection {
             self.peer,
             self.local,
             SCHEME,
-            meta.upgrade.is_some(),
+            upgrade_asked.is_some(),
         );
         if let Some(remote) = downstream.remote {
             if remote != self.peer.ip() {
@@ -154,6 +147,21 @@ impl Connection {
             random: Some(meta.random),
         };
         let mut route = hcm.routes.route_with(&parts, context);
+
+        // Upgrades (websocket): allowed by the route's `upgrade_configs`, else by the
+        // connection manager's; refused with 403 and a closed connection as in Envoy.
+        // Without a route the request goes on to its 404.
+        if let (Some(websocket), Some(selected)) = (upgrade_asked, route) {
+            if websocket && hcm.websocket_allowed(selected.route) {
+                hcm.stats.downstream_cx_upgrades_total.inc();
+                meta.upgrade = parts.extensions.remove::<OnUpgrade>();
+            } else {
+                let reply = LocalReply::new(StatusCode::FORBIDDEN, "")
+                    .details("upgrade_failed")
+                    .close();
+                return self.local_reply(stream, reply, &meta, None).await;
+            }
+        }
 
         let mut body = Body::Incoming(body);
         if !hcm.filters.is_empty() {
@@ -297,6 +305,12 @@ impl Connection {
             stream.info.response_code_details = Some(reply.details.to_owned());
         }
         let mut response = reply.into_response(meta.grpc, meta.http1);
+        if meta.body_unread {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         if let Some(selected) = route {
             selected.apply_response_headers(
                 response.headers_mut(),

@@ -101,6 +101,18 @@ impl Timers {
         }
     }
 
+    /// The stream idle timeout in force (the route's `idle_timeout` or the connection
+    /// manager's `stream_idle_timeout`).
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        self.idle
+    }
+
+    /// Replaces the stream's duration limit (a route's `max_stream_duration`);
+    /// `None` removes it.
+    pub(crate) fn set_max_stream(&mut self, deadline: Option<Instant>) {
+        self.max_stream = deadline;
+    }
+
     /// The response started: `request_timeout` no longer applies.
     pub(crate) fn response_started(&mut self) {
         self.request_deadline = None;
@@ -223,9 +235,42 @@ pub(crate) struct ActiveStream {
     pub filter_state: http::Extensions,
     /// `:method` and `:path` (and `:authority`) for the access logs, when logging.
     pub request_line: Option<(http::Method, http::Uri)>,
+    /// A HEAD request: hyper sends no response body, so an unread one is no sign of
+    /// a client that went away.
+    pub head_request: bool,
 }
 
 impl ActiveStream {
+    /// When the downstream request was complete, `None` while its body is still
+    /// coming (or was cut off).
+    pub(crate) fn request_completed_at(&mut self) -> Option<Instant> {
+        match &mut self.request {
+            RequestState::Complete { at, complete, .. } => complete.then_some(*at),
+            RequestState::Pending(receiver) => match receiver.try_recv() {
+                Ok(end) => {
+                    self.request = RequestState::Complete {
+                        bytes: end.bytes,
+                        complete: end.complete,
+                        at: end.at,
+                    };
+                    self.timers.request_complete(end.at);
+                    end.complete.then_some(end.at)
+                }
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    let now = Instant::now();
+                    self.request = RequestState::Complete {
+                        bytes: 0,
+                        complete: false,
+                        at: now,
+                    };
+                    self.timers.request_complete(now);
+                    None
+                }
+            },
+        }
+    }
+
     /// Sets the response flag (once).
     pub(crate) fn flag(&mut self, flag: &'static str) {
         add_flag(&mut self.info, flag);
@@ -301,6 +346,7 @@ impl StreamGuard {
             log,
             filter_state: http::Extensions::new(),
             request_line: None,
+            head_request: false,
         })))
     }
 
@@ -343,6 +389,12 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub(crate) fn new(inner: Body, stream: StreamGuard) -> ResponseBody {
         ResponseBody { inner, stream }
+    }
+
+    /// Takes the stream out, for whoever ends it instead of this body (an upgraded
+    /// stream ends with its spliced connection).
+    pub(crate) fn take_stream(&mut self) -> StreamGuard {
+        StreamGuard(self.stream.0.take())
     }
 }
 
@@ -436,7 +488,8 @@ impl hyper::body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        let complete = self.inner.is_end_stream();
+        let complete =
+            self.inner.is_end_stream() || self.stream.0.as_deref().is_some_and(|s| s.head_request);
         self.stream.finish(complete);
     }
 }

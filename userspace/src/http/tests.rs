@@ -92,6 +92,8 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         host_rewrite: HostRewrite::None,
         timeout,
         idle_timeout: None,
+        upgrades: Vec::new(),
+        max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
         hash_policy: Vec::new(),
@@ -696,6 +698,7 @@ async fn future_sizes() {
         filters_ran: 0,
         random: 0,
         upgrade: None,
+        body_unread: false,
     };
     let forward_future = conn.forward(
         stream,

@@ -1,6 +1,9 @@
 //! Listeners served in userspace: bind, accept and run the filter chain.
 //!
-//! A chain is one terminal network filter:
+//! A listener has one or more filter chains; each connection gets the chain its
+//! `filter_chain_match` picks ([`chains`]), after the listener filters (tls_inspector,
+//! http_inspector) looked at its first bytes ([`inspect`]). A chain is one terminal
+//! network filter:
 //! - `tcp_proxy`: pick an endpoint of the cluster with the same tables the kernel
 //!   uses ([`crate::cluster`]), connect within `connect_timeout`, and copy both ways
 //!   until either side closes or `idle_timeout` passes without a byte;
@@ -8,22 +11,32 @@
 //!   [`crate::http::ConnectionManager`], forwarding through the clusters' connection
 //!   pools ([`crate::upstream`]), which all HTTP listeners share.
 //!
-//! Each listener is bound with SO_REUSEPORT and served by one accept loop whose
-//! connections run as tasks on the runtime's workers. Kernel-balanced listeners are
+//! Each listener is bound with SO_REUSEPORT once per runtime worker (`--concurrency`),
+//! each socket with its own accept loop: the kernel spreads new connections over the
+//! sockets, and a connection's task starts on the worker that accepted it. Kernel-balanced listeners are
 //! not bound here unless the kernel path is unavailable and the config asked for the
 //! userspace fallback.
 
+mod chains;
+mod inspect;
 mod tcp_proxy;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
+use self::chains::{ChainSelector, ConnectionFacts};
+use self::inspect::InspectError;
 use crate::http::{ConnectionManager, HttpError};
-use crate::model::{Balancing, Bootstrap, NetworkFilter, Protocol};
-use crate::upstream::Upstreams;
+use crate::model::listener::ListenerFilters;
+use crate::model::{Balancing, Bootstrap, FilterChain, Listener, NetworkFilter, Protocol};
+use crate::observe::stats::{self, Counter};
+use crate::upstream::{fast_random, Upstreams};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +57,7 @@ pub enum ListenerError {
         /// Listener name.
         name: String,
         /// The cause.
-        source: HttpError,
+        source: Box<HttpError>,
     },
     /// Something the userspace path does not serve yet.
     #[error("listener {name}: {message}")]
@@ -87,8 +100,14 @@ impl Drop for Listeners {
     }
 }
 
-/// Binds and serves every userspace-balanced listener of `bootstrap`.
+/// Binds and serves every userspace-balanced listener of `bootstrap`, each with one
+/// SO_REUSEPORT socket and accept loop per runtime worker (`--concurrency`), so the
+/// kernel spreads new connections over the workers.
 pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
+    let workers = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .max(1);
     let mut listeners = Listeners::default();
     let mut upstreams: Option<Arc<Upstreams>> = bootstrap
         .clusters
@@ -99,65 +118,227 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
         if listener.balancing == Balancing::Kernel {
             continue;
         }
-        let unsupported = |message: &str| ListenerError::Unsupported {
-            name: listener.name.clone(),
-            message: message.to_string(),
-        };
         if listener.protocol == Protocol::Udp {
-            return Err(unsupported("UDP listeners are balanced in the kernel only"));
+            return Err(ListenerError::Unsupported {
+                name: listener.name.clone(),
+                message: "UDP listeners are balanced in the kernel only".into(),
+            });
         }
-        let [chain] = listener.filter_chains.as_slice() else {
-            return Err(unsupported(
-                "several filter chains need filter_chain_match, which keel does not serve yet",
-            ));
-        };
+        let mut handler =
+            |chain: &FilterChain| chain_handler(listener, chain, bootstrap, &mut upstreams);
+        let chains = listener
+            .filter_chains
+            .iter()
+            .map(&mut handler)
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_chain = listener
+            .default_filter_chain
+            .as_ref()
+            .map(handler)
+            .transpose()?;
+        let selector = ChainSelector::new(
+            listener
+                .filter_chains
+                .iter()
+                .map(|c| c.filter_chain_match.clone())
+                .collect(),
+        );
+        if selector.needs_inspection() && !listener.listener_filters.inspects() {
+            tracing::warn!(
+                listener = %listener.name,
+                "filter chains match on server names or protocols but no tls_inspector or \
+                 http_inspector listener filter finds them: those chains match nothing"
+            );
+        }
         let bind_error = |source| ListenerError::Bind {
             name: listener.name.clone(),
             address: listener.address,
             source,
         };
-        let config = match chain.filters.as_slice() {
-            [NetworkFilter::TcpProxy(config)] => config,
-            [NetworkFilter::HttpConnectionManager(config)] => {
-                let upstreams =
-                    upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
-                let manager = ConnectionManager::new(Arc::clone(config), Arc::clone(upstreams))
-                    .map_err(|source| ListenerError::Http {
-                        name: listener.name.clone(),
-                        source,
-                    })?;
-                let socket = bind(listener.address).map_err(bind_error)?;
-                let bound = socket.local_addr().map_err(bind_error)?;
-                tracing::info!(
-                    listener = %listener.name,
-                    address = %bound,
-                    stat_prefix = %config.stat_prefix,
-                    "listening (HTTP)"
-                );
-                listeners.addresses.push(bound);
-                listeners
-                    .tasks
-                    .push(tokio::spawn(Arc::new(manager).serve(socket)));
-                continue;
-            }
-            _ => {
-                return Err(unsupported(
-                    "a filter chain is a single tcp_proxy or http_connection_manager filter",
-                ))
-            }
-        };
-        let cluster = bootstrap
-            .cluster(&config.cluster)
-            .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
-        let socket = bind(listener.address).map_err(bind_error)?;
-        let bound = socket.local_addr().map_err(bind_error)?;
-        let proxy = Arc::new(tcp_proxy::TcpProxy::new(config.clone(), cluster));
-        tracing::info!(listener = %listener.name, address = %bound, cluster = %cluster.name, "listening");
+        let first = bind(listener.address).map_err(bind_error)?;
+        let bound = first.local_addr().map_err(bind_error)?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            // Same port as the first (which may have been chosen by the kernel).
+            sockets.push(bind(bound).map_err(bind_error)?);
+        }
+        let served = Arc::new(ServedListener {
+            name: listener.name.clone(),
+            selector,
+            chains,
+            default_chain,
+            filters: listener.listener_filters,
+            no_match: stats::global().counter(&format!(
+                "listener.{}.no_filter_chain_match",
+                stat_address(bound)
+            )),
+        });
+        tracing::info!(
+            listener = %listener.name,
+            address = %bound,
+            chains = served.chains.len(),
+            sockets = sockets.len(),
+            "listening"
+        );
         listeners.addresses.push(bound);
-        listeners.tasks.push(tokio::spawn(proxy.serve(socket)));
+        for socket in sockets {
+            listeners
+                .tasks
+                .push(tokio::spawn(Arc::clone(&served).accept_loop(socket)));
+        }
     }
     listeners.upstreams = upstreams;
     Ok(listeners)
+}
+
+/// What one filter chain does with a connection.
+#[derive(Debug)]
+enum ChainHandler {
+    Http(Arc<ConnectionManager>),
+    /// One proxy per cluster of the tcp_proxy, with its weight.
+    Tcp(Vec<(Arc<tcp_proxy::TcpProxy>, u32)>),
+}
+
+/// Builds the handler of one chain; HTTP chains share one set of upstreams.
+fn chain_handler(
+    listener: &Listener,
+    chain: &FilterChain,
+    bootstrap: &Bootstrap,
+    upstreams: &mut Option<Arc<Upstreams>>,
+) -> Result<ChainHandler, ListenerError> {
+    let unsupported = |message: &str| ListenerError::Unsupported {
+        name: listener.name.clone(),
+        message: message.to_string(),
+    };
+    match chain.filters.as_slice() {
+        [NetworkFilter::TcpProxy(config)] => {
+            let single = [(config.cluster.clone(), 1)];
+            let split = if config.weighted_clusters.is_empty() {
+                &single[..]
+            } else {
+                &config.weighted_clusters[..]
+            };
+            let proxies = split
+                .iter()
+                .map(|(name, weight)| {
+                    let cluster = bootstrap
+                        .cluster(name)
+                        .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
+                    let proxy = tcp_proxy::TcpProxy::new(config.clone(), cluster)
+                        .with_buffer_limit(listener.buffer_limit);
+                    Ok((Arc::new(proxy), *weight))
+                })
+                .collect::<Result<Vec<_>, ListenerError>>()?;
+            Ok(ChainHandler::Tcp(proxies))
+        }
+        [NetworkFilter::HttpConnectionManager(config)] => {
+            let upstreams =
+                upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
+            let manager = ConnectionManager::new(Arc::clone(config), Arc::clone(upstreams))
+                .map_err(|source| ListenerError::Http {
+                    name: listener.name.clone(),
+                    source: Box::new(source),
+                })?;
+            Ok(ChainHandler::Http(Arc::new(manager)))
+        }
+        _ => Err(unsupported(
+            "a filter chain is a single tcp_proxy or http_connection_manager filter",
+        )),
+    }
+}
+
+/// A listener being served: its chains and how to pick one.
+#[derive(Debug)]
+struct ServedListener {
+    name: String,
+    selector: ChainSelector,
+    chains: Vec<ChainHandler>,
+    default_chain: Option<ChainHandler>,
+    filters: ListenerFilters,
+    /// `listener.<address>.no_filter_chain_match`.
+    no_match: Counter,
+}
+
+impl ServedListener {
+    /// Accepts on one socket until the task is aborted; each connection runs as a
+    /// task of its own.
+    async fn accept_loop(self: Arc<Self>, socket: tokio::net::TcpListener) {
+        loop {
+            match socket.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(Arc::clone(&self).serve(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %self.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs the listener filters, picks the chain and hands the connection to it.
+    async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let handler = if self.chains.len() == 1
+            && self.default_chain.is_none()
+            && !self.filters.inspects()
+            && self.selector.select(&ConnectionFacts::default()).is_some()
+        {
+            // One chain that matches anything: nothing to look at.
+            &self.chains[0]
+        } else {
+            let mut facts = ConnectionFacts {
+                destination: stream.local_addr().ok(),
+                source: Some(peer),
+                transport_protocol: "raw_buffer",
+                ..ConnectionFacts::default()
+            };
+            if self.filters.inspects() {
+                if let Err(e) = inspect::inspect(&stream, &self.filters, &mut facts).await {
+                    if !(e == InspectError::Timeout && self.filters.continue_on_timeout) {
+                        tracing::debug!(listener = %self.name, %peer, "listener filters: {e:?}");
+                        return;
+                    }
+                }
+            }
+            match self.selector.select(&facts) {
+                Some(i) => &self.chains[i],
+                None => match &self.default_chain {
+                    Some(chain) => chain,
+                    None => {
+                        self.no_match.inc();
+                        tracing::debug!(listener = %self.name, %peer, "no filter chain matches");
+                        return;
+                    }
+                },
+            }
+        };
+        match handler {
+            ChainHandler::Http(manager) => Arc::clone(manager).serve_connection(stream, peer).await,
+            ChainHandler::Tcp(proxies) => pick_weighted(proxies).handle(stream, peer).await,
+        }
+    }
+}
+
+/// One of `choices`, at random in proportion to the weights (all ≥ 1).
+fn pick_weighted<T>(choices: &[(T, u32)]) -> &T {
+    if let [(only, _)] = choices {
+        return only;
+    }
+    let total: u64 = choices.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut point = fast_random() % total.max(1);
+    for (choice, weight) in choices {
+        if point < u64::from(*weight) {
+            return choice;
+        }
+        point -= u64::from(*weight);
+    }
+    &choices[choices.len() - 1].0
+}
+
+/// A listener's address as Envoy writes it in stat names: `:` becomes `_`
+/// (`0.0.0.0_8080`, `[__1]_8080`).
+fn stat_address(address: SocketAddr) -> String {
+    address.to_string().replace(':', "_")
 }
 
 /// A listening socket with SO_REUSEADDR, SO_REUSEPORT (so workers and a restarted

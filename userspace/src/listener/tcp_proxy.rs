@@ -2,11 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::cluster::{maglev_table, random_table, round_robin_table, MAX_TABLE_LEN};
@@ -24,7 +23,14 @@ pub struct TcpProxy {
     /// Active connections per endpoint (least request).
     active: Vec<AtomicU64>,
     connect_timeout: Duration,
+    /// Bytes read at a time per direction (from the listener's buffer limit).
+    buffer_size: usize,
 }
+
+/// Copy buffer per direction when the listener's limit allows it; a smaller limit
+/// makes it smaller (down to [`MIN_COPY_BUFFER`]).
+const DEFAULT_COPY_BUFFER: usize = 16 * 1024;
+const MIN_COPY_BUFFER: usize = 1024;
 
 impl TcpProxy {
     /// Builds the proxy for `cluster`.
@@ -48,7 +54,15 @@ impl TcpProxy {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             connect_timeout: cluster.connect_timeout,
+            buffer_size: DEFAULT_COPY_BUFFER,
         }
+    }
+
+    /// Holds at most `limit` bytes per direction in flight through keel
+    /// (`per_connection_buffer_limit_bytes`; 16 KiB at most, 1 KiB at least).
+    pub fn with_buffer_limit(mut self, limit: u32) -> TcpProxy {
+        self.buffer_size = (limit as usize).clamp(MIN_COPY_BUFFER, DEFAULT_COPY_BUFFER);
+        self
     }
 
     /// Picks an endpoint index for a connection from `peer`.
@@ -75,23 +89,8 @@ impl TcpProxy {
         slot.map(|&s| s as usize)
     }
 
-    /// Accepts connections until the task is aborted.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            match listener.accept().await {
-                Ok((downstream, peer)) => {
-                    let proxy = Arc::clone(&self);
-                    tokio::spawn(async move { proxy.handle(downstream, peer).await });
-                }
-                Err(e) => {
-                    tracing::warn!(stat_prefix = %self.config.stat_prefix, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-
-    async fn handle(&self, downstream: TcpStream, peer: SocketAddr) {
+    /// Proxies one accepted connection until both sides close or it idles out.
+    pub(crate) async fn handle(&self, downstream: TcpStream, peer: SocketAddr) {
         let Some(index) = self.pick(peer) else {
             tracing::debug!(stat_prefix = %self.config.stat_prefix, "no healthy upstream");
             return;
@@ -111,7 +110,14 @@ impl TcpProxy {
         let _ = downstream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
         self.active[index].fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = copy_both_ways(downstream, upstream, self.config.idle_timeout).await {
+        if let Err(e) = copy_both_ways(
+            downstream,
+            upstream,
+            self.config.idle_timeout,
+            self.buffer_size,
+        )
+        .await
+        {
             tracing::debug!(%endpoint, "connection ended: {e}");
         }
         self.active[index].fetch_sub(1, Ordering::Relaxed);
@@ -124,11 +130,12 @@ async fn copy_both_ways(
     mut a: TcpStream,
     mut b: TcpStream,
     idle: Option<Duration>,
+    buffer_size: usize,
 ) -> std::io::Result<()> {
     let (mut a_read, mut a_write) = a.split();
     let (mut b_read, mut b_write) = b.split();
-    let mut a_buf = vec![0u8; 16 * 1024];
-    let mut b_buf = vec![0u8; 16 * 1024];
+    let mut a_buf = vec![0u8; buffer_size];
+    let mut b_buf = vec![0u8; buffer_size];
     let (mut a_open, mut b_open) = (true, true);
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + idle.unwrap_or(far_future);

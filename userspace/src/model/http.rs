@@ -327,6 +327,13 @@ pub struct ForwardAction {
     /// `stream_idle_timeout` applies); `Some(Duration::ZERO)` when `0s` disables idle
     /// timeouts for this route, the stream idle timeout included (as in Envoy).
     pub idle_timeout: Option<Duration>,
+    /// `upgrade_configs`: (upgrade type lower-cased, `enabled`); one named here
+    /// overrides the connection manager's `upgrade_configs` for this route.
+    pub upgrades: Vec<(String, bool)>,
+    /// `max_stream_duration`. When set, the route uses Envoy's "new timeouts": `timeout`
+    /// is not applied (config leaves it `None`) and the stream's duration limit comes
+    /// from here.
+    pub max_stream_duration: Option<RouteStreamDuration>,
     /// `request_mirror_policies`: (cluster, parts per million of requests).
     pub mirrors: Vec<(String, u32)>,
     /// `retry_policy` (filled in by the upstream work).
@@ -363,6 +370,50 @@ pub enum HashSource {
     SourceIp,
 }
 
+/// `RouteAction.max_stream_duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteStreamDuration {
+    /// `max_stream_duration`: `Some(ZERO)` disables the connection manager's limit for
+    /// this route; `None` keeps it.
+    pub max_stream_duration: Option<Duration>,
+    /// `grpc_timeout_header_max`: a gRPC request's `grpc-timeout` is the limit, capped
+    /// at this (zero: not capped).
+    pub grpc_timeout_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`: subtracted from the `grpc-timeout` limit.
+    pub grpc_timeout_header_offset: Option<Duration>,
+}
+
+impl RouteStreamDuration {
+    /// The stream's duration limit on this route (Envoy's `refreshDurationTimeout`):
+    /// the request's `grpc-timeout` when `grpc_timeout_header_max` is set (capped, less
+    /// the offset), else this route's `max_stream_duration`, else the connection
+    /// manager's (`hcm_limit`). `None`: no limit.
+    pub fn limit(
+        &self,
+        grpc_timeout: Option<Duration>,
+        hcm_limit: Option<Duration>,
+    ) -> Option<Duration> {
+        match (grpc_timeout, self.grpc_timeout_header_max) {
+            (Some(mut timeout), Some(max)) => {
+                if !max.is_zero() && timeout > max {
+                    timeout = max;
+                }
+                if let Some(offset) = self.grpc_timeout_header_offset {
+                    if !timeout.is_zero() {
+                        timeout = timeout.saturating_sub(offset);
+                    }
+                }
+                Some(timeout)
+            }
+            _ => match self.max_stream_duration {
+                Some(limit) if limit.is_zero() => None,
+                Some(limit) => Some(limit),
+                None => hcm_limit.filter(|limit| !limit.is_zero()),
+            },
+        }
+    }
+}
+
 /// Which cluster a forward goes to.
 #[derive(Debug, Clone)]
 pub enum ClusterSpecifier {
@@ -381,7 +432,9 @@ pub enum HostRewrite {
     None,
     /// `host_rewrite_literal`.
     Literal(String),
-    /// `auto_host_rewrite`: the upstream endpoint's address (or hostname).
+    /// `auto_host_rewrite`: the upstream host's hostname, which only DNS clusters (or
+    /// `endpoint.hostname`) give; for keel's STATIC endpoints the host stays, as in
+    /// Envoy.
     Auto,
 }
 

@@ -7,6 +7,7 @@
 pub mod breakers;
 pub mod health;
 pub mod http;
+pub mod listener;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,8 +65,15 @@ pub struct Listener {
     pub address: SocketAddr,
     /// `address.socket_address.protocol`.
     pub protocol: Protocol,
-    /// `filter_chains`, in order.
+    /// `filter_chains`, in order; their `filter_chain_match`es are all different.
     pub filter_chains: Vec<FilterChain>,
+    /// `default_filter_chain`: for connections no chain matches (else they are closed).
+    pub default_filter_chain: Option<FilterChain>,
+    /// `listener_filters`.
+    pub listener_filters: listener::ListenerFilters,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): how much keel
+    /// buffers per connection and direction before it stops reading.
+    pub buffer_limit: u32,
     /// Where connections are balanced (`metadata` key "keel", `balancing`).
     pub balancing: Balancing,
 }
@@ -84,6 +92,8 @@ pub enum Balancing {
 pub struct FilterChain {
     /// `name` (may be empty).
     pub name: String,
+    /// `filter_chain_match`.
+    pub filter_chain_match: listener::FilterChainMatch,
     /// The network filters, in order; the last one terminates.
     pub filters: Vec<NetworkFilter>,
 }
@@ -102,8 +112,13 @@ pub enum NetworkFilter {
 pub struct TcpProxy {
     /// `stat_prefix`.
     pub stat_prefix: String,
-    /// `cluster`: the upstream cluster's name (checked to exist).
+    /// `cluster`: the upstream cluster's name (checked to exist); with
+    /// `weighted_clusters`, the first of them.
     pub cluster: String,
+    /// `weighted_clusters.clusters`: (name, weight), each checked to exist; empty
+    /// when a single `cluster` is given. Each connection goes to one of them, picked
+    /// at random in proportion to the weights.
+    pub weighted_clusters: Vec<(String, u32)>,
     /// `idle_timeout`: 1 hour when left out (Envoy's default); `None` when `0s`
     /// disables it.
     pub idle_timeout: Option<Duration>,

@@ -24,6 +24,8 @@ fn forward(cluster: &str) -> ForwardAction {
         host_rewrite: HostRewrite::None,
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
+        upgrades: Vec::new(),
+        max_stream_duration: None,
         mirrors: Vec::new(),
         retry_policy: None,
         hash_policy: Vec::new(),

@@ -12,8 +12,10 @@
 //! Everything runs in the bench's network namespace (loopback only). One keel
 //! instance on core 1 plays every backend: `app` (127.0.0.1:7000) and the health
 //! targets (a listener on 0.0.0.0:9000, which inside the namespace answers every
-//! 127.x.y.z:9000), both direct responses. The load is `wrk --latency` (one thread,
-//! 8 connections, closed loop) on core 1 against the proxy's listener.
+//! 127.x.y.z:9000), both direct responses. The load is `bench-client latency` (open
+//! loop: a fixed rate, 2000 requests/s by default or `--rate`, over 50 connections,
+//! latency measured from each request's scheduled start) on core 1 against the
+//! proxy's listener, so a stall shows in the percentiles instead of slowing the load.
 //!
 //! Paths run one at a time (the proxy is started, warmed until every checked host
 //! passed its first check, measured, stopped), repetitions interleaved (A B C D A B
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::peers;
+use super::httpload::{self, LoadResult};
 use super::procs::{self, Service};
 use super::report::{self, Table};
 use super::sandbox::Sandbox;
@@ -53,30 +55,34 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the checked hosts get to pass their first check.
 const FIRST_ROUND_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The load's default rate (requests per second) and connections.
+const DEFAULT_RATE: f64 = 2000.0;
+const CONNECTIONS: u32 = 50;
+
 /// Durations and sizes of one run.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     repetitions: usize,
-    /// wrk `-d` seconds.
+    /// Measured seconds per repetition.
     seconds: u32,
+    /// Requests per second of the load.
+    rate: f64,
     /// Endpoints of the health-checked cluster.
     endpoints: usize,
 }
 
 impl Settings {
-    fn new(quick: bool) -> Settings {
-        if quick {
-            Settings {
-                repetitions: 1,
-                seconds: 3,
-                endpoints: 2_000,
-            }
+    fn new(ctx: &Context) -> Settings {
+        let (repetitions, seconds, endpoints) = if ctx.quick {
+            (1, 3, 2_000)
         } else {
-            Settings {
-                repetitions: 3,
-                seconds: 10,
-                endpoints: 10_000,
-            }
+            (3, 10, 10_000)
+        };
+        Settings {
+            repetitions: ctx.repetitions.unwrap_or(repetitions).max(1),
+            seconds: ctx.seconds.unwrap_or(seconds).max(1),
+            rate: ctx.rate.unwrap_or(DEFAULT_RATE).clamp(1.0, 1e6),
+            endpoints,
         }
     }
 }
@@ -97,6 +103,8 @@ struct PathSpec {
 struct Sample {
     p50_us: f64,
     p99_us: f64,
+    p99_9_us: f64,
+    max_us: f64,
     requests_per_second: f64,
     checks_per_second: f64,
     /// Cores busy (CPU seconds / wall seconds) of the whole proxy.
@@ -108,10 +116,11 @@ struct Sample {
 
 /// Runs the scenario.
 pub fn run(ctx: &Context) -> Result<()> {
-    let settings = Settings::new(ctx.quick);
-    let dir = ctx.out_dir.join("health");
+    let settings = Settings::new(ctx);
+    let stem = super::http::result_stem("health", ctx.quick);
+    let dir = ctx.out_dir.join(&stem);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let envoy = peers::ensure_envoy();
+    let envoy = ctx.envoy.clone();
     if let Err(reason) = &envoy {
         println!("[bench] Envoy is optional and will be skipped: {reason}");
     }
@@ -175,12 +184,22 @@ pub fn run(ctx: &Context) -> Result<()> {
         for (path, samples) in paths.iter().zip(&mut samples) {
             procs::check_interrupted()?;
             let label = format!("{}-{repetition}", path.name);
-            let sample = measure(&sandbox, path, &settings, &dir, &label, &mut backends)
-                .with_context(|| format!("path `{}` (repetition {repetition})", path.name))?;
+            let sample = measure(
+                &sandbox,
+                &ctx.bench_client,
+                path,
+                &settings,
+                &dir,
+                &label,
+                &mut backends,
+            )
+            .with_context(|| format!("path `{}` (repetition {repetition})", path.name))?;
             println!(
-                "[bench] {label}: p50 {:.0} µs, p99 {:.0} µs, {:.0} req/s, {:.0} checks/s, proxy {:.2} cores{}, {:.1} MiB",
+                "[bench] {label}: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs, {:.0} req/s, {:.0} checks/s, proxy {:.2} cores{}, {:.1} MiB",
                 sample.p50_us,
                 sample.p99_us,
+                sample.p99_9_us,
+                sample.max_us,
                 sample.requests_per_second,
                 sample.checks_per_second,
                 sample.proxy_cores,
@@ -198,8 +217,8 @@ pub fn run(ctx: &Context) -> Result<()> {
 
     let (table, value) = summarize(&paths, &samples, &settings, ctx.quick, started.elapsed())?;
     let notes = "\
-Latency and req/s: wrk --latency, 1 thread, 8 connections, closed loop, medians over \
-repetitions. checks/s: health_check.attempt growth over the measurement. CPU: cores busy \
+Latency: bench-client latency (open loop, fixed rate over 50 connections, from each \
+request's scheduled start), medians over repetitions. checks/s: health_check.attempt growth over the measurement. CPU: cores busy \
 over the measurement (CPU seconds / wall seconds), whole proxy and keel's keel-health \
 thread; RSS after it. The proxy runs on core 0; wrk and the backends (one keel, which \
 also answers every health check) share core 1, so with health checks on, the backends \
@@ -207,7 +226,7 @@ also serve N checks/s on the load core.\n";
     println!("\n{table}\n{notes}");
     std::fs::write(dir.with_extension("md"), format!("{table}\n{notes}"))
         .with_context(|| format!("writing {}", dir.with_extension("md").display()))?;
-    let json_path = ctx.out_dir.join("health.json");
+    let json_path = ctx.out_dir.join(format!("{stem}.json"));
     report::write_json(&json_path, &value)?;
     println!(
         "[bench] results: {} and {}",
@@ -307,8 +326,10 @@ fn proxy_bootstrap(checked: usize) -> String {
 }
 
 /// Starts the path's proxy, waits for it (and its checked hosts), measures, stops it.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     sandbox: &Sandbox,
+    bench_client: &Path,
     path: &PathSpec,
     settings: &Settings,
     dir: &Path,
@@ -330,7 +351,7 @@ fn measure(
         std::slice::from_mut(&mut proxy),
         STARTUP_TIMEOUT,
     )?;
-    let pid = find_pid(&path.program, &path.config)?;
+    let pid = proxy.pid();
     if path.checked > 0 {
         let deadline = Instant::now() + FIRST_ROUND_TIMEOUT;
         loop {
@@ -362,13 +383,16 @@ fn measure(
     let cpu_before = process_ticks(pid)?;
     let health_before = thread_ticks(pid, "keel-health");
     let wall = Instant::now();
-    let mut wrk = sandbox.in_netns(LOAD_CORE, "wrk");
-    wrk.args(["-t1", "-c8", "--latency", "-d"])
-        .arg(format!("{}s", settings.seconds))
-        .arg(format!("http://{PROXY_LISTENER}/"));
+    let mut client = sandbox.in_netns(LOAD_CORE, bench_client);
+    client
+        .args(["latency", "--target", PROXY_LISTENER])
+        .args(["--rate", &settings.rate.to_string()])
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .args(["--seconds", &settings.seconds.to_string()])
+        .args(["--warmup", "0.5"]);
     let finished = procs::run_bounded(
-        &format!("wrk-{label}"),
-        &mut wrk,
+        &format!("latency-{label}"),
+        &mut client,
         dir,
         Duration::from_secs(u64::from(settings.seconds) + 30),
     )?;
@@ -381,8 +405,21 @@ fn measure(
         0.0
     };
     let rss_mib = rss_kib(pid)? / 1024.0;
-    let wrk = parse_wrk(&finished.stdout)
-        .with_context(|| format!("wrk's output:\n{}", finished.stdout))?;
+    let load: LoadResult = httpload::parse_rate_client(&finished.stdout).with_context(|| {
+        format!(
+            "bench-client exited with {}; its stderr ends with:\n{}",
+            finished.status,
+            finished.stderr_tail()
+        )
+    })?;
+    if load.errors > 0 {
+        bail!(
+            "{label}: {} of {} requests failed (first: {})",
+            load.errors,
+            load.requests + load.errors,
+            load.first_error.as_deref().unwrap_or("?")
+        );
+    }
     proxy.check_running()?;
     for backend in backends.iter_mut() {
         backend.check_running()?;
@@ -390,9 +427,11 @@ fn measure(
     drop(proxy);
     let ticks = ticks_per_second();
     Ok(Sample {
-        p50_us: wrk.p50_us,
-        p99_us: wrk.p99_us,
-        requests_per_second: wrk.requests_per_second,
+        p50_us: load.p50_us,
+        p99_us: load.p99_us,
+        p99_9_us: load.p99_9_us,
+        max_us: load.max_us,
+        requests_per_second: load.requests_per_second,
         checks_per_second: (attempts_after - attempts_before) / seconds,
         proxy_cores: (cpu_after - cpu_before) / ticks / seconds,
         health_thread_cores: match (health_before, health_after) {
@@ -418,38 +457,6 @@ fn stat(sandbox: &Sandbox, dir: &Path, name: &str) -> Result<f64> {
             (n == name).then(|| v.trim().parse::<f64>().ok())?
         })
         .unwrap_or(0.0))
-}
-
-/// The PID of the process running `program` with `config` (found in /proc: the
-/// wrappers the sandbox starts exec into it).
-fn find_pid(program: &Path, config: &Path) -> Result<u32> {
-    let program_name = program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let config = config.to_string_lossy();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let is_program = args.first().is_some_and(|a| a.ends_with(&*program_name));
-        if is_program && args.iter().any(|a| a == &*config) {
-            return Ok(pid);
-        }
-    }
-    bail!("no {program_name} process with {config} found in /proc")
 }
 
 /// utime + stime of a `/proc/.../stat` line, in clock ticks.
@@ -498,55 +505,6 @@ fn ticks_per_second() -> f64 {
         .map_or(100.0, |t| t as f64)
 }
 
-/// What wrk printed.
-#[derive(Debug, Clone, PartialEq)]
-struct Wrk {
-    p50_us: f64,
-    p99_us: f64,
-    requests_per_second: f64,
-}
-
-/// Reads `wrk --latency` output; an error when requests failed or lines are missing.
-fn parse_wrk(text: &str) -> Result<Wrk> {
-    let duration_us = |value: &str| -> Option<f64> {
-        let value = value.trim();
-        let (number, scale) = if let Some(v) = value.strip_suffix("us") {
-            (v, 1.0)
-        } else if let Some(v) = value.strip_suffix("ms") {
-            (v, 1e3)
-        } else if let Some(v) = value.strip_suffix('s') {
-            (v, 1e6)
-        } else {
-            return None;
-        };
-        number.parse::<f64>().ok().map(|n| n * scale)
-    };
-    let percentile = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p).and_then(duration_us))
-            .with_context(|| format!("no {p} latency line"))
-    };
-    if let Some(line) = text
-        .lines()
-        .find(|l| l.contains("Non-2xx or 3xx responses"))
-    {
-        bail!("wrk saw errors: {}", line.trim());
-    }
-    if let Some(line) = text.lines().find(|l| l.contains("Socket errors")) {
-        bail!("wrk saw errors: {}", line.trim());
-    }
-    let requests_per_second = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .context("no Requests/sec line")?;
-    Ok(Wrk {
-        p50_us: percentile("50%")?,
-        p99_us: percentile("99%")?,
-        requests_per_second,
-    })
-}
-
 /// The table and JSON of the run.
 fn summarize(
     paths: &[PathSpec],
@@ -561,6 +519,8 @@ fn summarize(
         "checks/s",
         "p50 µs",
         "p99 µs",
+        "p99.9 µs",
+        "max µs",
         "p99 vs baseline",
         "req/s",
         "proxy cores",
@@ -575,6 +535,8 @@ fn summarize(
         };
         let p50 = summary(|s| s.p50_us)?;
         let p99 = summary(|s| s.p99_us)?;
+        let p999 = summary(|s| s.p99_9_us)?;
+        let max = summary(|s| s.max_us)?;
         let rps = summary(|s| s.requests_per_second)?;
         let checks = summary(|s| s.checks_per_second)?;
         let cores = summary(|s| s.proxy_cores)?;
@@ -599,6 +561,8 @@ fn summarize(
             format!("{:.0}", checks.median),
             format!("{:.0}", p50.median),
             format!("{:.0}", p99.median),
+            format!("{:.0}", p999.median),
+            format!("{:.0}", max.median),
             versus,
             format!("{:.0}", rps.median),
             format!("{:.2}", cores.median),
@@ -612,6 +576,8 @@ fn summarize(
             "checked_hosts": path.checked,
             "p50_us": p50.to_json(),
             "p99_us": p99.to_json(),
+            "p99_9_us": p999.to_json(),
+            "max_us": max.to_json(),
             "requests_per_second": rps.to_json(),
             "checks_per_second": checks.to_json(),
             "proxy_cores": cores.to_json(),
@@ -626,6 +592,7 @@ fn summarize(
         "machine": report::machine(),
         "repetitions": settings.repetitions,
         "seconds": settings.seconds,
+        "rate": settings.rate,
         "endpoints": settings.endpoints,
         "duration_s": duration.as_secs_f64(),
         "paths": json_paths,
@@ -636,30 +603,6 @@ fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_wrk_latency_output() {
-        let text = "\
-Running 3s test @ http://127.0.0.1:6000/
-  1 threads and 8 connections
-  Thread Stats   Avg      Stdev     Max   +/- Stdev
-    Latency   180.12us   50.00us   3.10ms   90.00%
-  Latency Distribution
-     50%  165.00us
-     75%  190.00us
-     90%  230.00us
-     99%    1.20ms
-  130000 requests in 3.00s, 10.00MB read
-Requests/sec:  43333.33
-Transfer/sec:      3.33MB
-";
-        let wrk = parse_wrk(text).unwrap();
-        assert_eq!(wrk.p50_us, 165.0);
-        assert_eq!(wrk.p99_us, 1200.0);
-        assert_eq!(wrk.requests_per_second, 43333.33);
-        let failed = format!("{text}  Non-2xx or 3xx responses: 5\n");
-        assert!(parse_wrk(&failed).is_err());
-    }
 
     #[test]
     fn checked_endpoints_are_distinct_loopback_addresses() {

@@ -298,8 +298,8 @@ fn http_filters(filters: &[hcm::HttpFilter], path: &str) -> Result<Vec<m::HttpFi
 }
 
 /// `upgrade_configs`: lower-cased upgrade types, each at most once (Envoy rejects
-/// duplicates too). An upgrade with `enabled: false` is off by default and could only be
-/// turned on per route, which keel does not support; it is left out.
+/// duplicates too). An upgrade with `enabled: false` is left out: it is off unless a
+/// route's `upgrade_configs` turns it on, which a route may do for any type.
 fn upgrade_types(
     upgrades: &[hcm::http_connection_manager::UpgradeConfig],
     path: &str,

@@ -626,17 +626,31 @@ fn forward(
         mirrors.push((mirror.cluster.clone(), ppm));
     }
 
+    let route_timeout = timeout(
+        action.timeout.as_ref(),
+        Some(DEFAULT_ROUTE_TIMEOUT),
+        &join(path, "timeout"),
+    )?;
+    let max_stream_duration = action
+        .max_stream_duration
+        .as_ref()
+        .map(|d| stream_duration(d, &join(path, "max_stream_duration")))
+        .transpose()?;
     Ok(m::ForwardAction {
         cluster,
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,
-        timeout: timeout(
-            action.timeout.as_ref(),
-            Some(DEFAULT_ROUTE_TIMEOUT),
-            &join(path, "timeout"),
-        )?,
+        // With max_stream_duration Envoy's router applies no route timeout (and sends
+        // no x-envoy-expected-rq-timeout-ms): the stream duration limit replaces it.
+        timeout: if max_stream_duration.is_some() {
+            None
+        } else {
+            route_timeout
+        },
         idle_timeout,
+        upgrades: route_upgrades(&action.upgrade_configs, &join(path, "upgrade_configs"))?,
+        max_stream_duration,
         mirrors,
         retry_policy: action
             .retry_policy
@@ -645,6 +659,63 @@ fn forward(
             .transpose()?,
         hash_policy: Vec::new(),
     })
+}
+
+/// `RouteAction.max_stream_duration`.
+fn stream_duration(
+    limits: &route::route_action::MaxStreamDuration,
+    path: &str,
+) -> Result<m::RouteStreamDuration> {
+    let field = |d: &Option<envoy_types::pb::google::protobuf::Duration>, name: &str| {
+        d.as_ref()
+            .map(|d| duration(d, &join(path, name)))
+            .transpose()
+    };
+    Ok(m::RouteStreamDuration {
+        max_stream_duration: field(&limits.max_stream_duration, "max_stream_duration")?,
+        grpc_timeout_header_max: field(&limits.grpc_timeout_header_max, "grpc_timeout_header_max")?,
+        grpc_timeout_header_offset: field(
+            &limits.grpc_timeout_header_offset,
+            "grpc_timeout_header_offset",
+        )?,
+    })
+}
+
+/// A route's `upgrade_configs`: (lower-cased type, `enabled`, default true), each type
+/// once.
+fn route_upgrades(
+    upgrades: &[route::route_action::UpgradeConfig],
+    path: &str,
+) -> Result<Vec<(String, bool)>> {
+    let mut out: Vec<(String, bool)> = Vec::with_capacity(upgrades.len());
+    for (i, upgrade) in upgrades.iter().enumerate() {
+        let type_path = join(&index(path, i), "upgrade_type");
+        let upgrade_type = upgrade.upgrade_type.to_ascii_lowercase();
+        if upgrade_type.is_empty() {
+            return Err(ConfigError::field(
+                type_path,
+                "missing; name the upgrade, e.g. websocket",
+            ));
+        }
+        if !upgrade_type.bytes().all(is_token_byte) {
+            return Err(ConfigError::field(
+                type_path,
+                format!(
+                    "\"{}\" is not a valid Upgrade token (letters, digits and !#$%&'*+-.^_`|~)",
+                    upgrade.upgrade_type
+                ),
+            ));
+        }
+        if out.iter().any(|(t, _)| *t == upgrade_type) {
+            return Err(ConfigError::field(
+                type_path,
+                format!("duplicate upgrade type \"{upgrade_type}\"; give each upgrade once"),
+            ));
+        }
+        let enabled = upgrade.enabled.as_ref().is_none_or(|b| b.value);
+        out.push((upgrade_type, enabled));
+    }
+    Ok(out)
 }
 
 // Envoy still accepts the deprecated fields read here, so keel does too.

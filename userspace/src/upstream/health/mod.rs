@@ -46,6 +46,7 @@ mod probe;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,12 +213,28 @@ pub struct HealthCheckers {
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
     clusters: usize,
+    first_round: Arc<AtomicUsize>,
 }
 
 impl HealthCheckers {
     /// Clusters with a health check or outlier detection being run.
     pub fn clusters(&self) -> usize {
         self.clusters
+    }
+
+    /// Waits until every health-checked cluster has checked each of its first hosts
+    /// once (passed, failed or timed out), or `limit` passed; returns whether the
+    /// round completed. Envoy does not finish initializing (and its listeners do not
+    /// take traffic) before this first round either.
+    pub async fn first_round(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.first_round.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
@@ -249,9 +266,16 @@ pub fn start(upstreams: &Arc<Upstreams>) -> Result<Option<HealthCheckers>, Healt
         .map_err(HealthError::Thread)?;
     let (stop, stopped) = watch::channel(false);
     let count = clusters.len();
+    let first_round = Arc::new(AtomicUsize::new(
+        clusters.iter().filter(|c| c.health.check.is_some()).count(),
+    ));
     for cluster in clusters {
         if cluster.health.check.is_some() {
-            runtime.spawn(run_cluster(Arc::clone(&cluster), stopped.clone()));
+            runtime.spawn(run_cluster(
+                Arc::clone(&cluster),
+                stopped.clone(),
+                Arc::clone(&first_round),
+            ));
         }
         if cluster.health.outlier.is_some() {
             runtime.spawn(outlier::run(Arc::clone(&cluster), stopped.clone()));
@@ -272,6 +296,7 @@ pub fn start(upstreams: &Arc<Upstreams>) -> Result<Option<HealthCheckers>, Healt
         stop,
         thread: Some(thread),
         clusters: count,
+        first_round,
     }))
 }
 
@@ -284,6 +309,8 @@ struct Session {
     num_healthy: u32,
     num_unhealthy: u32,
     first_check: bool,
+    /// In the set the scheduler started with (counted by the first round).
+    initial: bool,
     in_flight: bool,
     kept: Option<Kept>,
 }
@@ -296,12 +323,19 @@ enum Transition {
     ChangePending,
 }
 
-/// One cluster's scheduler: runs until `stop` turns true.
-pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receiver<bool>) {
+/// One cluster's scheduler: runs until `stop` turns true. Decrements `first_round`
+/// once every host of the first set has been checked once.
+async fn run_cluster(
+    cluster: Arc<ClusterUpstream>,
+    mut stop: watch::Receiver<bool>,
+    first_round: Arc<AtomicUsize>,
+) {
     let (Some(config), Some(stats)) = (cluster.health.check.clone(), cluster.health.stats.as_ref())
     else {
+        first_round.fetch_sub(1, Ordering::AcqRel);
         return;
     };
+    let mut first_round = Some(first_round);
     let probe = Arc::new(Probe::new(
         config.checker.clone(),
         cluster.name(),
@@ -319,6 +353,7 @@ pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receive
         set: None,
         next_generation: 0,
         first_sync: true,
+        first_round_left: cluster.hosts().hosts.len(),
     };
     tracing::debug!(cluster = %cluster.name(), checker = config.checker.kind(), "health checking");
     loop {
@@ -349,6 +384,11 @@ pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receive
         if changed {
             cluster.health_changed();
         }
+        if scheduler.first_round_left == 0 {
+            if let Some(round) = first_round.take() {
+                round.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -374,6 +414,8 @@ struct Scheduler<'a> {
     set: Option<Arc<super::HostSet>>,
     next_generation: u64,
     first_sync: bool,
+    /// Hosts of the first set still waiting for their first result.
+    first_round_left: usize,
 }
 
 impl Scheduler<'_> {
@@ -410,6 +452,7 @@ impl Scheduler<'_> {
                         num_healthy: 0,
                         num_unhealthy: 0,
                         first_check: true,
+                        initial: self.first_sync,
                         in_flight: false,
                         kept: None,
                     }
@@ -417,8 +460,12 @@ impl Scheduler<'_> {
             };
             sessions.insert(key, session);
         }
-        // Hosts that left: the healthy gauge forgets them.
+        // Hosts that left: the healthy gauge forgets them, the first round stops
+        // waiting for them.
         for session in self.sessions.values() {
+            if session.initial && session.first_check {
+                self.first_round_left = self.first_round_left.saturating_sub(1);
+            }
             if !session.host.health.has(HealthFlags::FAILED_ACTIVE_HC) {
                 self.stats.healthy.dec();
             }
@@ -479,6 +526,9 @@ impl Scheduler<'_> {
         }
         session.in_flight = false;
         session.kept = done.kept;
+        if session.initial && session.first_check {
+            self.first_round_left = self.first_round_left.saturating_sub(1);
+        }
         let (transition, healthy, changed) = apply(session, self.config, self.stats, done.outcome);
         if healthy {
             if let Some(detector) = &self.cluster.health.outlier {
@@ -640,6 +690,7 @@ mod tests {
             num_healthy: 0,
             num_unhealthy: 0,
             first_check: true,
+            initial: true,
             in_flight: false,
             kept: None,
         }
