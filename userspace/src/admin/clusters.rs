@@ -605,7 +605,7 @@ mod health_tests {
         let cluster = &json["cluster_statuses"][0];
         assert_eq!(
             cluster["success_rate_ejection_threshold"],
-            json!({"value": 52.0})
+            json!({"value": 52})
         );
         assert!(cluster
             .get("local_origin_success_rate_ejection_threshold")
