@@ -39,7 +39,8 @@ impl Latencies {
         if self.sorted.is_empty() {
             return 0;
         }
-        let rank = ((p / 100.0) * self.sorted.len() as f64).ceil() as usize;
+        // Less a hair, so that 99.9 % of 1000 is rank 999, not 1000 by rounding.
+        let rank = ((p / 100.0) * self.sorted.len() as f64 - 1e-9).ceil() as usize;
         self.sorted[rank.clamp(1, self.sorted.len()) - 1]
     }
 
@@ -60,11 +61,11 @@ impl Latencies {
             return points;
         }
         let resolvable = (self.sorted.len() as f64).log10();
-        let mut nines = 0.0_f64;
-        while nines <= resolvable && nines <= 5.0 {
+        let steps = ((resolvable.min(5.0) * 10.0) + 1e-9).floor() as u32;
+        for step in 0..=steps {
+            let nines = f64::from(step) / 10.0;
             let p = 100.0 * (1.0 - 10f64.powf(-nines));
             points.push((p, self.percentile(p)));
-            nines += 0.1;
         }
         points.push((100.0, self.percentile(100.0)));
         points

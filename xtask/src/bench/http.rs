@@ -843,6 +843,14 @@ impl Results<'_> {
         }
     }
 
+    /// keel's requests per CPU-second divided by the peer's (the peer's CPU per
+    /// request over keel's): steadier than req/s when other work shares the cores.
+    fn keel_efficiency_ratio(&self, index: usize) -> Option<f64> {
+        let keel = self.summary(self.keel_index()?).cpu_us_per_request?;
+        let peer = self.summary(index).cpu_us_per_request?;
+        peer.ratio_to(&keel)
+    }
+
     fn table(&self) -> String {
         let ratio_title = if self.is_latency() {
             "keel ÷ peer (p99)"
@@ -859,6 +867,7 @@ impl Results<'_> {
             "peak RSS MiB",
             "CPU µs/req",
             ratio_title,
+            "keel ÷ peer (req/CPU-s)",
         ]);
         for (index, peer) in self.peers.iter().enumerate() {
             let s = self.summary(index);
@@ -876,6 +885,7 @@ impl Results<'_> {
                     .as_ref()
                     .map_or("–".into(), |c| format!("{:.1}", c.median)),
                 report::ratio(self.keel_ratio(index)),
+                report::ratio(self.keel_efficiency_ratio(index)),
             ]);
         }
         table.to_markdown()
@@ -901,7 +911,8 @@ impl Results<'_> {
              `nbthread 1`, nginx one process); load generator and bench-backend pinned to core {LOAD_CORE}; all \
              traffic on loopback in a private network namespace. Every proxy: one listener, one route, one cluster \
              with one endpoint, no access log. CPU µs/req: CPU time of the proxy process (all threads) over \
-             completed requests; peak RSS: VmHWM of the proxy during the sample.\n\
+             completed requests; req/CPU-s ratio: keel's requests per CPU-second over the peer's \
+             (steadier than req/s when other work shares the cores); peak RSS: VmHWM of the proxy during the sample.\n\
              Load average before: {:.2} {:.2} {:.2}; after: {:.2} {:.2} {:.2}; other work on the machine during the \
              run: {:.2} cores; run took {:.0} s.\n",
             self.spec.name,
@@ -1011,6 +1022,7 @@ impl Results<'_> {
                     "cpu_us_per_request": s.cpu_us_per_request.map(|c| c.to_json()),
                     "peak_rss_bytes": s.peak_rss.map(|m| m.to_json()),
                     "keel_ratio": self.keel_ratio(i),
+                    "keel_requests_per_cpu_second_ratio": self.keel_efficiency_ratio(i),
                     "samples": self.samples[i].iter().map(|sample| json!({
                         "load": sample.load.to_json(),
                         "cpu_seconds": sample.cpu_seconds,
@@ -1106,6 +1118,16 @@ mod tests {
         assert!(table.contains("1.250×"), "keel 100k / haproxy 80k: {table}");
         assert!(table.contains("2.000×"), "keel 100k / nginx 50k: {table}");
         assert!(table.contains("20.0 %"), "spread of keel: {table}");
+        assert_eq!(
+            results.keel_efficiency_ratio(2),
+            Some(1.25),
+            "5 CPU-s over 500k requests (keel) vs over 400k (haproxy)"
+        );
+        assert_eq!(
+            results.keel_efficiency_ratio(0),
+            None,
+            "direct has no proxy"
+        );
         assert!(table.contains("10.0"), "peak RSS MiB: {table}");
         let notes = results.notes();
         assert!(notes.contains("met (1.250×)"), "{notes}");

@@ -230,7 +230,8 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // Less a hair, so that 99.9 % of 1000 is rank 999, not 1000 by rounding.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
@@ -343,6 +344,9 @@ mod tests {
         let mut r = LoadResult::default();
         set_percentiles(&mut r, latencies);
         assert_eq!((r.p50_us, r.p99_us, r.max_us), (80.0, 120.0, 120.0));
+        let thousand: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&thousand, 99.9), 999.0);
+        assert_eq!(percentile(&thousand, 50.0), 500.0);
     }
 
     #[test]

@@ -86,42 +86,6 @@ pub struct ClusterHealth {
     pub stats: Option<HealthCheckStats>,
     /// The outlier detector, if configured.
     pub outlier: Option<Arc<Detector>>,
-    /// `cluster.<name>.membership_*`, kept for every cluster.
-    pub membership: Membership,
-}
-
-/// `cluster.<name>.membership_total` / `_healthy` / `_degraded` / `_excluded`: the
-/// hosts of the current set and how many may take traffic, counted each time a set
-/// is published (so after every health change).
-#[derive(Debug)]
-pub struct Membership {
-    /// `membership_total`.
-    pub total: Gauge,
-    /// `membership_healthy`.
-    pub healthy: Gauge,
-    /// `membership_degraded` (keel has no degraded hosts: 0).
-    pub degraded: Gauge,
-    /// `membership_excluded` (0).
-    pub excluded: Gauge,
-}
-
-impl Membership {
-    fn new(cluster: &str) -> Membership {
-        let store = stats::global();
-        let gauge = |name: &str| store.gauge(&format!("cluster.{cluster}.{name}"));
-        Membership {
-            total: gauge("membership_total"),
-            healthy: gauge("membership_healthy"),
-            degraded: gauge("membership_degraded"),
-            excluded: gauge("membership_excluded"),
-        }
-    }
-
-    fn count(&self, hosts: &[Arc<Host>]) {
-        self.total.set(hosts.len() as i64);
-        self.healthy
-            .set(hosts.iter().filter(|h| h.is_healthy()).count() as i64);
-    }
 }
 
 impl ClusterHealth {
@@ -134,10 +98,7 @@ impl ClusterHealth {
                 host.health.set(HealthFlags::FAILED_ACTIVE_HC);
             }
         }
-        let membership = Membership::new(&cluster.name);
-        membership.count(hosts);
         ClusterHealth {
-            membership,
             stats: check.as_ref().map(|_| HealthCheckStats::new(&cluster.name)),
             check,
             outlier: cluster
@@ -147,10 +108,9 @@ impl ClusterHealth {
         }
     }
 
-    /// A new host set is about to be published (discovery, or a health change):
-    /// hosts that were not in the old set start unhealthy and pending their first
-    /// check when the cluster is health-checked (Envoy's `/failed_active_hc
-    /// /pending_active_hc`), and the membership gauges are counted again.
+    /// A new host set is about to be published by discovery: hosts that were not in
+    /// the old set start unhealthy and pending their first check when the cluster is
+    /// health-checked (Envoy's `/failed_active_hc /pending_active_hc`).
     pub fn adopt(&self, old: &[Arc<Host>], new: &[Arc<Host>]) {
         if self.check.is_some() {
             let known: std::collections::HashSet<*const Host> =
@@ -162,7 +122,6 @@ impl ClusterHealth {
                 }
             }
         }
-        self.membership.count(new);
     }
 }
 
