@@ -133,8 +133,7 @@ impl Connection {
         }
         let pick = PickContext {
             hash: hash.value,
-            original_dst: cluster
-                .original_destination(&parts.headers, stream.info.downstream_local),
+            original_dst: cluster.original_destination(&parts.headers),
             ..PickContext::default()
         };
         let Some(host) = cluster.pick(&pick) else {

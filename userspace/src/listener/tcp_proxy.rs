@@ -68,12 +68,10 @@ impl TcpProxy {
 
     /// Proxies one accepted connection until both sides close or it idles out.
     pub(crate) async fn handle(&self, downstream: TcpStream, _peer: SocketAddr) {
-        let context = PickContext {
-            // ORIGINAL_DST: the connection's local address.
-            original_dst: downstream.local_addr().ok(),
-            ..PickContext::default()
-        };
-        let Some(host) = self.cluster.pick(&context) else {
+        // ORIGINAL_DST has no destination here: keel does not restore a redirected
+        // connection's original destination yet, and its local address is keel's own
+        // listener (see `ClusterUpstream::original_destination`).
+        let Some(host) = self.cluster.pick(&PickContext::default()) else {
             tracing::debug!(stat_prefix = %self.config.stat_prefix, "no healthy upstream");
             return;
         };

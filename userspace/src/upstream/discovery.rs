@@ -286,15 +286,13 @@ pub(crate) fn sweep_original_dst(upstream: &ClusterUpstream, seen: &mut HashMap<
 pub(super) fn original_destination(
     settings: &model::OriginalDst,
     headers: &http::HeaderMap,
-    downstream_local: SocketAddr,
 ) -> Option<SocketAddr> {
-    let mut destination = downstream_local;
-    if settings.use_http_header {
-        if let Some(value) = headers.get(&settings.header_name) {
-            // An invalid header fails the pick (Envoy counts original_dst_host_invalid).
-            destination = value.to_str().ok()?.trim().parse().ok()?;
-        }
+    if !settings.use_http_header {
+        return None;
     }
+    // An invalid header fails the pick (Envoy counts original_dst_host_invalid).
+    let value = headers.get(&settings.header_name)?;
+    let mut destination: SocketAddr = value.to_str().ok()?.trim().parse().ok()?;
     if let Some(port) = settings.port_override {
         destination.set_port(port);
     }

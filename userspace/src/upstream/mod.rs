@@ -387,17 +387,15 @@ impl ClusterUpstream {
 
     /// For an ORIGINAL_DST cluster, the destination of a request: the
     /// `original_dst_lb_config` header when `use_http_header` is set and the header
-    /// holds an `ip:port`, otherwise the downstream connection's local address (the
-    /// original destination of a redirected connection); `None` for other clusters or
-    /// an invalid header. `upstream_port_override` replaces the port.
+    /// holds an `ip:port`; `None` otherwise (no host: 503 UH). keel does not restore a
+    /// redirected connection's original destination yet (no original_dst listener
+    /// filter, no kernel redirect of L7 services), so the connection's local address
+    /// is keel's own listener and using it would loop. `upstream_port_override`
+    /// replaces the port.
     #[inline]
-    pub fn original_destination(
-        &self,
-        headers: &http::HeaderMap,
-        downstream_local: SocketAddr,
-    ) -> Option<SocketAddr> {
+    pub fn original_destination(&self, headers: &http::HeaderMap) -> Option<SocketAddr> {
         let settings = self.original_dst.as_ref()?;
-        discovery::original_destination(settings, headers, downstream_local)
+        discovery::original_destination(settings, headers)
     }
 
     /// The cluster's name.

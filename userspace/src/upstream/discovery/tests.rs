@@ -286,39 +286,40 @@ fn original_dst_hosts_come_on_demand_and_go_when_idle() {
 }
 
 #[test]
-fn original_destination_from_header_or_local_address() {
+fn original_destination_from_the_header_only() {
     let mut settings = model::OriginalDst {
         use_http_header: true,
         header_name: http::HeaderName::from_static("x-envoy-original-dst-host"),
         port_override: None,
         cleanup_interval: Duration::from_secs(5),
     };
-    let local: SocketAddr = "10.9.9.9:8080".parse().unwrap();
     let mut headers = http::HeaderMap::new();
     assert_eq!(
-        original_destination(&settings, &headers, local),
-        Some(local)
+        original_destination(&settings, &headers),
+        None,
+        "no header: no destination (keel's own address would loop)"
     );
     headers.insert(
         "x-envoy-original-dst-host",
         "10.0.0.5:9000".parse().unwrap(),
     );
     assert_eq!(
-        original_destination(&settings, &headers, local),
+        original_destination(&settings, &headers),
         Some("10.0.0.5:9000".parse().unwrap())
     );
     settings.port_override = Some(81);
     assert_eq!(
-        original_destination(&settings, &headers, local),
+        original_destination(&settings, &headers),
         Some("10.0.0.5:81".parse().unwrap())
     );
     headers.insert("x-envoy-original-dst-host", "nonsense".parse().unwrap());
-    assert_eq!(original_destination(&settings, &headers, local), None);
-    settings.use_http_header = false;
-    assert_eq!(
-        original_destination(&settings, &headers, local),
-        Some("10.9.9.9:81".parse().unwrap())
+    assert_eq!(original_destination(&settings, &headers), None);
+    headers.insert(
+        "x-envoy-original-dst-host",
+        "10.0.0.5:9000".parse().unwrap(),
     );
+    settings.use_http_header = false;
+    assert_eq!(original_destination(&settings, &headers), None);
 }
 
 const PATIENCE: Duration = Duration::from_secs(10);
