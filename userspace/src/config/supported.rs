@@ -136,7 +136,30 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_headers_timeout",
             "drain_timeout",
+            "skip_xff_append",
+            "via",
+            "always_set_request_id_in_response",
+            "preserve_external_request_id",
+            "strip_matching_host_port",
+            "strip_any_host_port",
+            "internal_address_config",
+            "add_user_agent",
+            "local_reply_config",
+            "path_with_escaped_slashes_action",
+            "delayed_close_timeout",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges", "unix_sockets"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig",
+        &["mappers", "body_format"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper",
+        &["filter", "status_code", "body", "body_format_override", "headers_to_add"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
@@ -154,8 +177,12 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "headers_with_underscores_action",
         ],
     ),
-    // Present but empty: keel maps none of the HTTP/1 settings.
-    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    // The connection manager reads these two; an upstream cluster's options read none
+    // (Envoy ignores them there too: they are server-side settings).
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         &[
@@ -174,6 +201,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+            "ignore_port_in_host_matching",
+            "validate_clusters",
+            "internal_only_headers",
+            "max_direct_response_body_size_bytes",
         ],
     ),
     (
@@ -186,8 +218,12 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "require_tls",
+            "virtual_clusters",
         ],
     ),
+    ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
+    ("envoy.config.route.v3.Decorator", &["operation", "propagate"]),
     (
         "envoy.config.route.v3.Route",
         &[
@@ -200,6 +236,8 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "decorator",
+            "metadata",
         ],
     ),
     (
@@ -270,6 +308,9 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "regex_rewrite",
             "host_rewrite_literal",
             "auto_host_rewrite",
+            "host_rewrite_header",
+            "host_rewrite_path_regex",
+            "cluster_not_found_response_code",
             "timeout",
             "idle_timeout",
             "upgrade_configs",
@@ -373,7 +414,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format", "json_format", "text_format_source"],
+        &["text_format", "json_format", "text_format_source", "content_type"],
     ),
     // Clusters.
     (

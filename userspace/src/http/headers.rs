@@ -27,12 +27,19 @@ use http::header::{CONNECTION, EXPECT, SERVER, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::http::{HttpConnectionManager, ServerHeader};
+use crate::model::listener::CidrRange;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
+pub(crate) const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-cluster");
+const X_ENVOY_DOWNSTREAM_SERVICE_NODE: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-node");
+const VIA: HeaderName = HeaderName::from_static("via");
 pub(crate) const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 pub(crate) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -78,6 +85,18 @@ pub(crate) struct HeaderPolicy {
     server_name: HeaderValue,
     /// What a loopback peer is recorded as in `x-forwarded-for`.
     node_address: Option<IpAddr>,
+    /// `skip_xff_append`.
+    skip_xff_append: bool,
+    /// `preserve_external_request_id`.
+    preserve_external_request_id: bool,
+    /// `via`.
+    pub(crate) via: Option<HeaderValue>,
+    /// `internal_address_config.cidr_ranges`.
+    internal_addresses: Vec<CidrRange>,
+    /// The route table's `internal_only_headers`.
+    internal_only_headers: Vec<HeaderName>,
+    /// `add_user_agent`: (service cluster, service node if not empty).
+    user_agent: Option<(HeaderValue, Option<HeaderValue>)>,
 }
 
 /// Presence bits of the headers the connection manager looks at.
@@ -215,6 +234,20 @@ impl HeaderPolicy {
             server_name: HeaderValue::from_str(&config.server_name)
                 .unwrap_or_else(|_| HeaderValue::from_static("envoy")),
             node_address: node_address(),
+            skip_xff_append: config.options.skip_xff_append,
+            preserve_external_request_id: config.options.preserve_external_request_id,
+            via: config.options.via.clone(),
+            internal_addresses: config.options.internal_addresses.clone(),
+            internal_only_headers: config.route_config.options.internal_only_headers.clone(),
+            user_agent: config.options.user_agent.as_ref().map(|node| {
+                (
+                    HeaderValue::from_str(&node.cluster)
+                        .unwrap_or_else(|_| HeaderValue::from_static("")),
+                    HeaderValue::from_str(&node.id)
+                        .ok()
+                        .filter(|id| !id.is_empty()),
+                )
+            }),
         }
     }
 
@@ -270,22 +303,29 @@ impl HeaderPolicy {
 
         let mut remote = None;
         let xff_present = bits & seen::XFF != 0;
+        // Envoy's `single_xff_address`: after this step `x-forwarded-for` holds one
+        // address, the one the request is judged internal or external by.
+        let single_address;
         if self.use_remote_address {
+            single_address = !xff_present;
             if self.xff_num_trusted_hops > 0 && xff_present {
                 remote = xff_address(headers, self.xff_num_trusted_hops - 1);
             }
             let remote_ip = peer.ip();
             remote = remote.or(Some(remote_ip));
-            let appended = if remote_ip.is_loopback() {
-                self.node_address.unwrap_or(local.ip())
-            } else {
-                remote_ip
-            };
-            append_xff(headers, appended, xff_present);
+            if !self.skip_xff_append {
+                let appended = if remote_ip.is_loopback() {
+                    self.node_address.unwrap_or(local.ip())
+                } else {
+                    remote_ip
+                };
+                append_xff(headers, appended, xff_present);
+            }
             if self.xff_num_trusted_hops == 0 || bits & seen::XFP == 0 {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         } else {
+            single_address = xff_present && xff_is_single(headers);
             if xff_present {
                 remote = xff_address(headers, self.xff_num_trusted_hops);
             }
@@ -294,17 +334,42 @@ impl HeaderPolicy {
             }
         }
 
-        // No address is internal by default: every request is external.
-        let edge = self.use_remote_address;
-        if bits & seen::ENVOY != 0 {
-            for name in INTERNAL_ONLY {
-                headers.remove(*name);
-            }
-            if edge {
-                for name in EDGE_ONLY {
+        // Internal: one address, in `internal_address_config` (none by default).
+        let internal = single_address
+            && !self.internal_addresses.is_empty()
+            && remote.is_some_and(|ip| self.internal_addresses.iter().any(|r| r.contains(ip)));
+        let edge = self.use_remote_address && !internal;
+        if internal {
+            headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+        } else {
+            if bits & seen::ENVOY != 0 {
+                for name in INTERNAL_ONLY {
                     headers.remove(*name);
                 }
+                if edge {
+                    for name in EDGE_ONLY {
+                        headers.remove(*name);
+                    }
+                }
             }
+            for name in &self.internal_only_headers {
+                headers.remove(name);
+            }
+        }
+        if let Some((cluster, node)) = &self.user_agent {
+            headers.insert(X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER, cluster.clone());
+            if headers
+                .get(http::header::USER_AGENT)
+                .is_none_or(|v| v.is_empty())
+            {
+                headers.insert(http::header::USER_AGENT, cluster.clone());
+            }
+            if let Some(node) = node {
+                headers.insert(X_ENVOY_DOWNSTREAM_SERVICE_NODE, node.clone());
+            }
+        }
+        if let Some(via) = &self.via {
+            append_via(headers, via);
         }
         if edge {
             let address = remote.unwrap_or(peer.ip());
@@ -312,7 +377,8 @@ impl HeaderPolicy {
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS, value);
             }
         }
-        let random = if self.generate_request_id && (edge || bits & seen::REQUEST_ID == 0) {
+        let force_id = edge && !self.preserve_external_request_id;
+        let random = if self.generate_request_id && (force_id || bits & seen::REQUEST_ID == 0) {
             let (id, random) = uuid_v4();
             headers.insert(X_REQUEST_ID, id);
             random
@@ -422,6 +488,37 @@ fn sanitize_te(headers: &mut HeaderMap) {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     } else {
         headers.remove(TE);
+    }
+}
+
+/// Appends `via` to the `via` header (Envoy's `Utility::appendVia`: one header, the
+/// values joined with ", ").
+pub(crate) fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let mut existing = headers.get_all(VIA).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(VIA, via.clone());
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in existing {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(via.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(VIA, value);
+    }
+}
+
+/// Whether `x-forwarded-for` holds exactly one address.
+fn xff_is_single(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => !value.as_bytes().contains(&b','),
+        _ => false,
     }
 }
 
@@ -615,6 +712,12 @@ mod tests {
             server_header: ServerHeader::Overwrite,
             server_name: HeaderValue::from_static("envoy"),
             node_address: Some("192.0.2.2".parse().unwrap()),
+            skip_xff_append: false,
+            preserve_external_request_id: false,
+            via: None,
+            internal_addresses: Vec::new(),
+            internal_only_headers: Vec::new(),
+            user_agent: None,
         }
     }
 

@@ -104,6 +104,14 @@ pub enum HttpError {
         /// What is wrong.
         source: RouteTableError,
     },
+    /// The `local_reply_config` does not compile.
+    #[error("http connection manager {stat_prefix}: {source}")]
+    LocalReply {
+        /// The connection manager's `stat_prefix`.
+        stat_prefix: String,
+        /// What is wrong.
+        source: local_reply::LocalReplyError,
+    },
     /// An access log could not be set up.
     #[error("http connection manager {stat_prefix}: {source}")]
     AccessLog {
@@ -135,6 +143,8 @@ pub struct ConnectionManager {
     filters: filter::FilterChain,
     upstreams: Arc<Upstreams>,
     access_logs: Vec<AccessLogger>,
+    /// `local_reply_config`.
+    local_reply: Option<local_reply::LocalReplyRewriter>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
     /// `upgrade_configs` of the connection manager allow websocket.
@@ -175,7 +185,14 @@ impl ConnectionManager {
         upstreams: Arc<Upstreams>,
         extra_filters: Vec<Arc<dyn filter::HttpFilter>>,
     ) -> Result<ConnectionManager, HttpError> {
-        let routes = RouteTable::try_new(&config.route_config, RouteTableOptions::default())
+        let options = RouteTableOptions {
+            ignore_port_in_host_matching: config.route_config.options.ignore_port_in_host_matching,
+            most_specific_header_mutations_wins: config
+                .route_config
+                .options
+                .most_specific_header_mutations_wins,
+        };
+        let routes = RouteTable::try_new(&config.route_config, options)
             .map_err(|source| HttpError::RouteConfig {
                 stat_prefix: config.stat_prefix.clone(),
                 source,
@@ -230,6 +247,16 @@ impl ConnectionManager {
             .map(AccessLogger::new)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| HttpError::AccessLog {
+                stat_prefix: config.stat_prefix.clone(),
+                source,
+            })?;
+        let local_reply = config
+            .options
+            .local_reply
+            .as_ref()
+            .map(local_reply::LocalReplyRewriter::new)
+            .transpose()
+            .map_err(|source| HttpError::LocalReply {
                 stat_prefix: config.stat_prefix.clone(),
                 source,
             })?;
@@ -289,6 +316,7 @@ impl ConnectionManager {
             filters,
             upstreams,
             access_logs,
+            local_reply,
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
             upgrade_websocket,
@@ -420,9 +448,10 @@ impl ConnectionManager {
         }
     }
 
-    /// Whether streams must keep copies of their headers for the access logs.
+    /// Whether streams must keep copies of their headers for the access logs (or for
+    /// `local_reply_config` formats, which may read them).
     fn logs(&self) -> bool {
-        !self.access_logs.is_empty()
+        !self.access_logs.is_empty() || self.local_reply.is_some()
     }
 }
 

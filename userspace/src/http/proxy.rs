@@ -94,7 +94,9 @@ impl Connection {
         };
         let Some(cluster) = cluster else {
             hcm.stats.no_cluster.inc();
-            let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "")
+            let status = StatusCode::from_u16(forward.cluster_not_found_status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let reply = LocalReply::new(status, "")
                 .flag("NC")
                 .details("cluster_not_found");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
@@ -150,6 +152,9 @@ impl Connection {
             // only kind keel has; `endpoint.hostname` is not supported) has none: the
             // host stays.
             HostRewrite::Auto => None,
+            HostRewrite::Header(_) | HostRewrite::PathRegex(..) => {
+                super::request::dynamic_host_rewrite(&forward.host_rewrite, &parts)
+            }
         };
         if let Some(value) = new_host {
             if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {

@@ -29,6 +29,8 @@ pub(crate) struct HcmStats {
     pub rq_redirect: Counter,
     pub rq_direct_response: Counter,
     pub rq_total: Counter,
+    pub downstream_rq_failed_path_normalization: Counter,
+    pub downstream_rq_redirected_with_normalized_path: Counter,
 }
 
 impl HcmStats {
@@ -61,6 +63,12 @@ impl HcmStats {
             rq_redirect: counter("rq_redirect"),
             rq_direct_response: counter("rq_direct_response"),
             rq_total: counter("rq_total"),
+            downstream_rq_failed_path_normalization: counter(
+                "downstream_rq_failed_path_normalization",
+            ),
+            downstream_rq_redirected_with_normalized_path: counter(
+                "downstream_rq_redirected_with_normalized_path",
+            ),
         }
     }
 

@@ -238,6 +238,9 @@ pub(crate) struct ActiveStream {
     /// A HEAD request: hyper sends no response body, so an unread one is no sign of
     /// a client that went away.
     pub head_request: bool,
+    /// The request's `x-request-id`, for the response
+    /// (`always_set_request_id_in_response`).
+    pub response_request_id: Option<http::HeaderValue>,
 }
 
 impl ActiveStream {
@@ -347,6 +350,7 @@ impl StreamGuard {
             filter_state: http::Extensions::new(),
             request_line: None,
             head_request: false,
+            response_request_id: None,
         })))
     }
 

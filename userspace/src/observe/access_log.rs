@@ -195,7 +195,7 @@ impl std::fmt::Debug for Message {
 }
 
 /// Envoy's filter evaluation.
-fn filter_passes(filter: &AccessLogFilter, info: &StreamInfo) -> bool {
+pub(crate) fn filter_passes(filter: &AccessLogFilter, info: &StreamInfo) -> bool {
     match filter {
         AccessLogFilter::StatusCode(c) => compare(c, u64::from(info.response_code)),
         AccessLogFilter::Duration(c) => {

@@ -22,7 +22,7 @@
 //! `DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_REMOTE_PORT`,
 //! `DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_LOCAL_PORT`,
 //! `DOWNSTREAM_DIRECT_REMOTE_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_DIRECT_REMOTE_PORT`,
-//! `PROTOCOL`, `ROUTE_NAME`, `HOSTNAME`, `ENVIRONMENT(VAR)`, `REQUEST_HEADERS_BYTES`,
+//! `PROTOCOL`, `ROUTE_NAME`, `LOCAL_REPLY_BODY` (local reply formats), `HOSTNAME`, `ENVIRONMENT(VAR)`, `REQUEST_HEADERS_BYTES`,
 //! `RESPONSE_HEADERS_BYTES`, `RESPONSE_TRAILERS_BYTES`.
 
 use std::fmt::Write as _;
@@ -83,6 +83,8 @@ pub struct FormatContext<'a> {
     pub uri: Option<&'a Uri>,
     /// `:scheme` when the URI carries none (e.g. "https" on a TLS connection).
     pub scheme: Option<&'a str>,
+    /// `%LOCAL_REPLY_BODY%`: the body of the local reply being formatted.
+    pub local_reply_body: Option<&'a str>,
 }
 
 impl<'a> FormatContext<'a> {
@@ -96,6 +98,7 @@ impl<'a> FormatContext<'a> {
             method: None,
             uri: None,
             scheme: None,
+            local_reply_body: None,
         }
     }
 
@@ -360,6 +363,7 @@ enum OpKind {
     DownstreamDirectRemote(AddressPart),
     Protocol,
     RouteName,
+    LocalReplyBody,
     Hostname,
     Environment(Option<Box<str>>),
     RequestHeadersBytes,
@@ -473,9 +477,11 @@ impl OpKind {
                 Some(addr) => write_address(out, addr, *part),
                 None => Rendered::Missing,
             },
-            OpKind::DownstreamRemote(part) | OpKind::DownstreamDirectRemote(part) => {
-                write_address(out, info.downstream_remote, *part)
+            OpKind::DownstreamRemote(part) => write_address(out, info.downstream_remote, *part),
+            OpKind::DownstreamDirectRemote(part) => {
+                write_address(out, info.downstream_direct_remote, *part)
             }
+            OpKind::LocalReplyBody => write_opt_str(out, ctx.local_reply_body),
             OpKind::DownstreamLocal(part) => write_address(out, info.downstream_local, *part),
             OpKind::Protocol => write_opt_str(out, Some(info.protocol)),
             OpKind::RouteName => write_opt_str(out, info.route_name.as_deref()),
@@ -880,6 +886,7 @@ fn operator(name: &str, arg: Option<&str>, token: &str) -> Result<OpKind, Format
         "DOWNSTREAM_DIRECT_REMOTE_PORT" => no_arg(OpKind::DownstreamDirectRemote(Port)),
         "PROTOCOL" => no_arg(OpKind::Protocol),
         "ROUTE_NAME" => no_arg(OpKind::RouteName),
+        "LOCAL_REPLY_BODY" => no_arg(OpKind::LocalReplyBody),
         "HOSTNAME" => no_arg(OpKind::Hostname),
         "REQUEST_HEADERS_BYTES" => no_arg(OpKind::RequestHeadersBytes),
         "RESPONSE_HEADERS_BYTES" => no_arg(OpKind::ResponseHeadersBytes),

@@ -17,8 +17,11 @@ pub struct StreamInfo {
     pub start_time: SystemTime,
     /// Monotonic start (for durations).
     pub start: Instant,
-    /// Downstream peer (`%DOWNSTREAM_REMOTE_ADDRESS%`).
+    /// Downstream client (`%DOWNSTREAM_REMOTE_ADDRESS%`): the peer, or the trusted
+    /// client address from `x-forwarded-for` (then with port 0).
     pub downstream_remote: SocketAddr,
+    /// The connection's peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub downstream_direct_remote: SocketAddr,
     /// Local address the request arrived on (`%DOWNSTREAM_LOCAL_ADDRESS%`).
     pub downstream_local: SocketAddr,
     /// "HTTP/1.1", "HTTP/2" (`%PROTOCOL%`).
@@ -65,6 +68,7 @@ impl StreamInfo {
             start_time: SystemTime::now(),
             start: Instant::now(),
             downstream_remote,
+            downstream_direct_remote: downstream_remote,
             downstream_local,
             protocol,
             request_headers: http::HeaderMap::new(),

@@ -27,6 +27,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub use headers::HeaderMutationError;
+pub(crate) use matcher::authority as request_authority;
+pub(crate) use rewrite::regex_crate_substitution;
 pub use rewrite::{
     apply_path_rewrite, choose_cluster, redirect_location, rewrite_path, RedirectTarget,
     ORIGINAL_PATH_HEADER,

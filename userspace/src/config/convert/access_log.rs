@@ -129,7 +129,7 @@ fn default_format() -> m::AccessLogFormat {
 /// A `SubstitutionFormatString` (at `path`).
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-fn substitution_format(
+pub(super) fn substitution_format(
     format: &core::SubstitutionFormatString,
     path: &str,
 ) -> Result<m::AccessLogFormat> {
@@ -214,7 +214,7 @@ fn json_format(fields: &wkt::Struct, path: &str) -> Result<m::AccessLogFormat> {
 }
 
 /// An `AccessLogFilter` (at `path`).
-fn access_log_filter(
+pub(super) fn access_log_filter(
     filter: &accesslog::AccessLogFilter,
     path: &str,
 ) -> Result<m::AccessLogFilter> {
