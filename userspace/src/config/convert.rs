@@ -18,8 +18,8 @@
 mod access_log;
 mod clusters;
 mod hcm;
-mod local_reply;
 mod health;
+mod local_reply;
 mod route;
 
 use std::collections::HashMap;

@@ -147,6 +147,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "local_reply_config",
             "path_with_escaped_slashes_action",
             "delayed_close_timeout",
+            "stream_error_on_invalid_http_message",
         ],
     ),
     (

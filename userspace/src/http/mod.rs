@@ -192,11 +192,12 @@ impl ConnectionManager {
                 .options
                 .most_specific_header_mutations_wins,
         };
-        let routes = RouteTable::try_new(&config.route_config, options)
-            .map_err(|source| HttpError::RouteConfig {
+        let routes = RouteTable::try_new(&config.route_config, options).map_err(|source| {
+            HttpError::RouteConfig {
                 stat_prefix: config.stat_prefix.clone(),
                 source,
-            })?;
+            }
+        })?;
         let route_level_reads = config
             .route_config
             .headers

@@ -13,19 +13,17 @@ use hyper::upgrade::OnUpgrade;
 
 use super::body::Body;
 use super::filter::FilterContext;
-use super::headers::{
-    merge_slashes, normalize_path, RequestScan, X_ENVOY_INTERNAL, X_REQUEST_ID,
-};
+use super::headers::{merge_slashes, normalize_path, RequestScan, X_ENVOY_INTERNAL, X_REQUEST_ID};
 use super::local_reply::LocalReply;
 use super::stream::{ResponseBody, StreamGuard};
 use super::Connection;
 use crate::model::http::{
     EscapedSlashesAction, RequireTls, RouteAction, StripPort, UnderscoreAction,
 };
-use http::header::HOST;
 use crate::observe::format::FormatContext;
 use crate::observe::StreamInfo;
 use crate::router::{redirect_location, RequestContext, Selected};
+use http::header::HOST;
 
 /// What the pipeline knows about a request besides its head.
 pub(crate) struct RequestMeta {
@@ -216,8 +214,8 @@ impl Connection {
                 hcm.stats.rq_redirect.inc();
                 let host = crate::router::request_authority(&parts).unwrap_or_default();
                 let location = format!("https://{host}{}", path_and_query(&parts));
-                let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, "")
-                    .details("direct_response");
+                let mut reply =
+                    LocalReply::new(StatusCode::MOVED_PERMANENTLY, "").details("direct_response");
                 if let Ok(location) = http::HeaderValue::from_str(&location) {
                     reply = reply.header(http::header::LOCATION, location);
                 }
@@ -263,7 +261,7 @@ impl Connection {
             if !options.accept_http_10 {
                 // Envoy's HTTP/1 codec: "Upgrade required for HTTP/1.0 or HTTP/0.9".
                 return Some(
-                    LocalReply::new(StatusCode::UPGRADE_REQUIRED, "")
+                    LocalReply::new(StatusCode::UPGRADE_REQUIRED, "Upgrade Required")
                         .details("http1.codec_error")
                         .close(),
                 );
@@ -400,8 +398,13 @@ impl Connection {
         if stream.log && !reply.details.is_empty() {
             stream.info.response_code_details = Some(reply.details.to_owned());
         }
+        // As Envoy's `sendLocalReply`: a 400 to an HTTP/1 client closes the connection,
+        // unless `stream_error_on_invalid_http_message` is set.
+        let close_on_400 = meta.http1
+            && reply.status == StatusCode::BAD_REQUEST
+            && !self.hcm.config.options.stream_error_on_invalid_http_message;
         let mut response = reply.into_response(meta.grpc, meta.http1);
-        if meta.body_unread {
+        if meta.body_unread || close_on_400 {
             response.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
@@ -471,6 +474,13 @@ impl Connection {
         }
         if let Some(id) = stream.response_request_id.take() {
             response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        if stream.info.protocol == "HTTP/1.0" {
+            // Envoy answers HTTP/1.0 with `connection: close` (no keep-alive).
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         let code = response.status().as_u16();
         stream.info.response_code = code;

@@ -86,6 +86,10 @@ pub struct HcmOptions {
     pub escaped_slashes: EscapedSlashesAction,
     /// `local_reply_config`.
     pub local_reply: Option<LocalReplyConfig>,
+    /// `stream_error_on_invalid_http_message`: a 400 local reply to an HTTP/1 client
+    /// keeps the connection open (Envoy closes it by default). On HTTP/2 hyper's codec
+    /// resets the offending stream whatever this says.
+    pub stream_error_on_invalid_http_message: bool,
 }
 
 /// `strip_matching_host_port` / `strip_any_host_port`: the `:port` of the
@@ -601,9 +605,7 @@ pub enum HostRewrite {
 impl PartialEq for HostRewrite {
     fn eq(&self, other: &HostRewrite) -> bool {
         match (self, other) {
-            (HostRewrite::None, HostRewrite::None) | (HostRewrite::Auto, HostRewrite::Auto) => {
-                true
-            }
+            (HostRewrite::None, HostRewrite::None) | (HostRewrite::Auto, HostRewrite::Auto) => true,
             (HostRewrite::Literal(a), HostRewrite::Literal(b)) => a == b,
             (HostRewrite::Header(a), HostRewrite::Header(b)) => a == b,
             (HostRewrite::PathRegex(a, x), HostRewrite::PathRegex(b, y)) => {

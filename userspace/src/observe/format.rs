@@ -481,7 +481,11 @@ impl OpKind {
             OpKind::DownstreamDirectRemote(part) => {
                 write_address(out, info.downstream_direct_remote, *part)
             }
-            OpKind::LocalReplyBody => write_opt_str(out, ctx.local_reply_body),
+            // An empty body is "" (Envoy's `LOCAL_REPLY_BODY` is a string, never "-").
+            OpKind::LocalReplyBody => {
+                out.push_str(ctx.local_reply_body.unwrap_or_default());
+                Rendered::Text
+            }
             OpKind::DownstreamLocal(part) => write_address(out, info.downstream_local, *part),
             OpKind::Protocol => write_opt_str(out, Some(info.protocol)),
             OpKind::RouteName => write_opt_str(out, info.route_name.as_deref()),

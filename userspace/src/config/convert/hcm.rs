@@ -264,6 +264,10 @@ fn hcm_options(config: &hcm::HttpConnectionManager, path: &str) -> Result<m::Hcm
             config.path_with_escaped_slashes_action,
             &join(path, "path_with_escaped_slashes_action"),
         )?,
+        stream_error_on_invalid_http_message: config
+            .stream_error_on_invalid_http_message
+            .as_ref()
+            .is_some_and(|b| b.value),
         local_reply: config
             .local_reply_config
             .as_ref()

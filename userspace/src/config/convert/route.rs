@@ -206,7 +206,10 @@ fn virtual_clusters(list: &[route::VirtualCluster], path: &str) -> Result<Vec<m:
         if let Some(first) = seen.insert(&vc.name, item.clone()) {
             return Err(ConfigError::field(
                 join(&item, "name"),
-                format!("duplicate virtual cluster \"{}\" (first at {first})", vc.name),
+                format!(
+                    "duplicate virtual cluster \"{}\" (first at {first})",
+                    vc.name
+                ),
             ));
         }
         let headers_path = join(&item, "headers");
@@ -717,10 +720,7 @@ fn forward(
         Some(H::HostRewritePathRegex(rewrite)) => {
             let (re, substitution) =
                 self::regex_rewrite(rewrite, &join(path, "host_rewrite_path_regex"))?;
-            m::HostRewrite::PathRegex(
-                re,
-                crate::router::regex_crate_substitution(&substitution),
-            )
+            m::HostRewrite::PathRegex(re, crate::router::regex_crate_substitution(&substitution))
         }
         // The supported-field check rejects these first.
         Some(_) => {
@@ -1199,7 +1199,10 @@ fn header_mutations(
 
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-pub(super) fn header_value_option(h: &core::HeaderValueOption, path: &str) -> Result<m::HeaderValueOption> {
+pub(super) fn header_value_option(
+    h: &core::HeaderValueOption,
+    path: &str,
+) -> Result<m::HeaderValueOption> {
     use core::header_value_option::HeaderAppendAction as A;
 
     let header_path = join(path, "header");
