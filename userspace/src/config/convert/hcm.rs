@@ -197,17 +197,17 @@ fn hcm_options(config: &hcm::HttpConnectionManager, path: &str) -> Result<m::Hcm
         config.strip_port_mode,
         Some(StripPortMode::StripAnyHostPort(true))
     );
-    let strip_port = match (config.strip_matching_host_port, strip_any) {
-        (true, true) => {
-            return Err(ConfigError::field(
+    let strip_port =
+        match (config.strip_matching_host_port, strip_any) {
+            (true, true) => return Err(ConfigError::field(
                 join(path, "strip_any_host_port"),
-                "strip_matching_host_port is set too; set only one of strip_matching_host_port                  and strip_any_host_port (Envoy rejects both)",
-            ))
-        }
-        (true, false) => m::StripPort::Matching,
-        (false, true) => m::StripPort::Any,
-        (false, false) => m::StripPort::None,
-    };
+                "strip_matching_host_port is set too; set only one of strip_matching_host_port \
+                 and strip_any_host_port (Envoy rejects both)",
+            )),
+            (true, false) => m::StripPort::Matching,
+            (false, true) => m::StripPort::Any,
+            (false, false) => m::StripPort::None,
+        };
     let internal_addresses = match &config.internal_address_config {
         None => Vec::new(),
         Some(internal) => {
@@ -230,7 +230,8 @@ fn hcm_options(config: &hcm::HttpConnectionManager, path: &str) -> Result<m::Hcm
             if !o.accept_http_10 {
                 return Err(ConfigError::field(
                     host_path,
-                    "accept_http_10 is not set, so no HTTP/1.0 request is served; set                      accept_http_10: true or remove default_host_for_http_10",
+                    "accept_http_10 is not set, so no HTTP/1.0 request is served; set \
+                 accept_http_10: true or remove default_host_for_http_10",
                 ));
             }
             Some(

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use super::{access_log, route, Result};
 use crate::config::{index, join, ConfigError};
 use crate::model::http as m;
+use crate::observe::format::{Formatter, JsonFormatter};
 
 /// Converts the `local_reply_config` at `path`.
 pub(super) fn local_reply_config(
@@ -98,6 +99,13 @@ fn response_mapper(mapper: &hcm::ResponseMapper, path: &str) -> Result<m::LocalR
 
 fn body_format(format: &core::SubstitutionFormatString, path: &str) -> Result<m::BodyFormat> {
     let converted = access_log::substitution_format(format, path)?;
+    // Checked here so that the error names the field (the connection manager compiles
+    // the format again when it starts).
+    let checked = match &converted {
+        m::AccessLogFormat::Text(text) => Formatter::new(text).map(drop),
+        m::AccessLogFormat::Json(fields) => JsonFormatter::new(fields).map(drop),
+    };
+    checked.map_err(|e| ConfigError::field(path, e.to_string()))?;
     let content_type = if format.content_type.is_empty() {
         match converted {
             m::AccessLogFormat::Text(_) => "text/plain",

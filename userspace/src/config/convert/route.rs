@@ -200,7 +200,8 @@ fn virtual_clusters(list: &[route::VirtualCluster], path: &str) -> Result<Vec<m:
         if vc.name.is_empty() {
             return Err(ConfigError::field(
                 join(&item, "name"),
-                "missing; a virtual cluster needs a name (its statistics are                  vhost.<virtual host>.vcluster.<name>.*)",
+                "missing; a virtual cluster needs a name (its statistics are \
+                 vhost.<virtual host>.vcluster.<name>.*)",
             ));
         }
         if let Some(first) = seen.insert(&vc.name, item.clone()) {
@@ -216,7 +217,8 @@ fn virtual_clusters(list: &[route::VirtualCluster], path: &str) -> Result<Vec<m:
         if vc.headers.is_empty() {
             return Err(ConfigError::field(
                 headers_path,
-                "missing; give at least one header matcher (e.g. {name: \":path\",                  string_match: {prefix: \"/api\"}})",
+                "missing; give at least one header matcher (e.g. {name: \":path\", \
+                 string_match: {prefix: \"/api\"}})",
             ));
         }
         let headers = vc
