@@ -924,6 +924,110 @@ mod tests {
     }
 
     #[test]
+    fn options_skip_xff_via_user_agent_and_preserved_ids() {
+        let mut p = policy(true, 0);
+        p.skip_xff_append = true;
+        p.preserve_external_request_id = true;
+        p.via = Some(HeaderValue::from_static("1.1 keel"));
+        p.user_agent = Some((
+            HeaderValue::from_static("mesh-a"),
+            Some(HeaderValue::from_static("node-1")),
+        ));
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-request-id", "mine"),
+            ("via", "1.0 first"),
+            ("x-envoy-downstream-service-cluster", "spoofed"),
+        ]);
+        let d = mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4", "skip_xff_append");
+        assert_eq!(d.remote, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(h["x-envoy-external-address"], "10.1.2.3");
+        assert_eq!(h["x-request-id"], "mine", "preserve_external_request_id");
+        assert_eq!(h["via"], "1.0 first, 1.1 keel");
+        assert_eq!(h["x-envoy-downstream-service-cluster"], "mesh-a");
+        assert_eq!(h["x-envoy-downstream-service-node"], "node-1");
+        assert_eq!(h["user-agent"], "mesh-a", "set when absent");
+    }
+
+    #[test]
+    fn internal_addresses_make_requests_internal() {
+        let mut p = policy(true, 0);
+        p.internal_addresses = vec![CidrRange::new("10.0.0.0".parse().unwrap(), 8)];
+        p.internal_only_headers = vec![HeaderName::from_static("x-secret")];
+        let mut h = headers(&[
+            ("x-envoy-retry-on", "5xx"),
+            ("x-secret", "1"),
+            ("x-request-id", "mine"),
+        ]);
+        mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-envoy-internal"], "true");
+        assert_eq!(
+            h["x-envoy-retry-on"], "5xx",
+            "trusted from an internal peer"
+        );
+        assert_eq!(h["x-secret"], "1");
+        assert_eq!(h["x-request-id"], "mine", "not an edge request");
+        assert!(h.get("x-envoy-external-address").is_none());
+
+        // A client XFF makes two addresses: external.
+        let mut h = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-secret", "1")]);
+        mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(h.get("x-envoy-internal").is_none() && h.get("x-secret").is_none());
+
+        // Without use_remote_address, a single internal XFF address is internal.
+        let mut p = policy(false, 0);
+        p.internal_addresses = vec![CidrRange::new("10.0.0.0".parse().unwrap(), 8)];
+        let mut h = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-envoy-internal", "x")]);
+        mutate(
+            &p,
+            &mut h,
+            "192.0.2.9:1".parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-envoy-internal"], "true");
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.9.9.9, 10.9.9.8"),
+            ("x-envoy-internal", "x"),
+        ]);
+        mutate(
+            &p,
+            &mut h,
+            "192.0.2.9:1".parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(
+            h.get("x-envoy-internal").is_none(),
+            "two addresses: external"
+        );
+    }
+
+    #[test]
     fn uuid_has_version_and_variant() {
         let (id, _) = uuid_v4();
         let s = id.to_str().unwrap();

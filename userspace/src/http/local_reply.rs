@@ -401,3 +401,81 @@ impl BodyFormatter {
         })
     }
 }
+
+#[cfg(test)]
+mod rewriter_tests {
+    use super::*;
+    use crate::model::http::{
+        AccessLogFilter, Comparison, ComparisonOp, HeaderValueOption, LocalReplyMapper,
+    };
+
+    fn new_info() -> StreamInfo {
+        StreamInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "HTTP/1.1",
+        )
+    }
+
+    #[test]
+    fn first_matching_mapper_rewrites_then_the_body_is_formatted() {
+        let config = LocalReplyConfig {
+            mappers: vec![
+                LocalReplyMapper {
+                    filter: AccessLogFilter::StatusCode(Comparison {
+                        op: ComparisonOp::Eq,
+                        value: 404,
+                    }),
+                    status: Some(410),
+                    body: Some("gone".into()),
+                    body_format: None,
+                    headers_to_add: vec![HeaderValueOption {
+                        name: "x-code".into(),
+                        value: "%RESPONSE_CODE%".into(),
+                        action: AppendAction::OverwriteIfExistsOrAdd,
+                        keep_empty_value: false,
+                    }],
+                },
+                LocalReplyMapper {
+                    filter: AccessLogFilter::NotHealthCheck,
+                    status: None,
+                    body: None,
+                    body_format: Some(ModelBodyFormat {
+                        format: AccessLogFormat::Json(vec![(
+                            "m".into(),
+                            "%LOCAL_REPLY_BODY%".into(),
+                        )]),
+                        content_type: "application/json".into(),
+                    }),
+                    headers_to_add: Vec::new(),
+                },
+            ],
+            body_format: Some(ModelBodyFormat {
+                format: AccessLogFormat::Text("[%LOCAL_REPLY_BODY%] %RESPONSE_CODE%".into()),
+                content_type: "text/plain".into(),
+            }),
+        };
+        let rewriter = LocalReplyRewriter::new(&config).unwrap();
+        let mut info = new_info();
+        let reply = rewriter.rewrite(LocalReply::new(StatusCode::NOT_FOUND, ""), &mut info, None);
+        assert_eq!(reply.status, StatusCode::GONE);
+        assert_eq!(reply.body, "[gone] 410");
+        assert_eq!(
+            reply.headers["x-code"], "404",
+            "headers see the status before"
+        );
+        assert_eq!(info.response_code, 410);
+
+        let mut info = new_info();
+        let reply = rewriter.rewrite(
+            LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            &mut info,
+            None,
+        );
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.body, "{\"m\":\"no healthy upstream\"}\n");
+        assert_eq!(reply.content_type.unwrap(), "application/json");
+        let response = LocalReply::new(StatusCode::OK, "x").into_response(false, true);
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/plain");
+    }
+}

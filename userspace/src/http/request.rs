@@ -594,3 +594,64 @@ fn strip_host_port(parts: &mut http::request::Parts, only: Option<u16>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let mut builder = Request::builder().uri(uri);
+        if let Some(host) = host {
+            builder = builder.header(HOST, host);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn escaped_slashes_unescaped_in_the_path_only() {
+        assert_eq!(
+            unescape_slashes("/a%2Fb%2fc%5Cd%5ce?q=%2F").as_deref(),
+            Some("/a/b/c\\d\\e?q=%2F")
+        );
+        assert_eq!(unescape_slashes("/a%20b?x=%2F"), None);
+        assert_eq!(unescape_slashes("/%2"), None);
+    }
+
+    #[test]
+    fn host_ports_stripped() {
+        let mut p = parts("/", Some("example.com:8080"));
+        strip_host_port(&mut p, Some(80));
+        assert_eq!(p.headers[HOST], "example.com:8080", "another port stays");
+        strip_host_port(&mut p, Some(8080));
+        assert_eq!(p.headers[HOST], "example.com");
+        let mut p = parts("/", Some("[::1]:443"));
+        strip_host_port(&mut p, None);
+        assert_eq!(p.headers[HOST], "[::1]");
+        let mut p = parts("/", Some("[::1]"));
+        strip_host_port(&mut p, None);
+        assert_eq!(p.headers[HOST], "[::1]", "no port in an IPv6 literal");
+        let mut p = parts("http://example.com:81/x", None);
+        strip_host_port(&mut p, None);
+        assert_eq!(p.uri.authority().unwrap().as_str(), "example.com");
+        assert_eq!(p.uri.path(), "/x");
+    }
+
+    #[test]
+    fn host_rewrites_from_a_header_or_the_path() {
+        use crate::model::http::HostRewrite;
+        let header = HostRewrite::Header(http::HeaderName::from_static("x-host"));
+        let mut p = parts("/orders/1?x=1", Some("a"));
+        assert_eq!(dynamic_host_rewrite(&header, &p), None);
+        p.headers
+            .insert("x-host", http::HeaderValue::from_static(""));
+        assert_eq!(dynamic_host_rewrite(&header, &p), None, "empty: kept");
+        p.headers
+            .insert("x-host", http::HeaderValue::from_static("b"));
+        assert_eq!(dynamic_host_rewrite(&header, &p).unwrap(), "b");
+        let regex = HostRewrite::PathRegex(
+            regex::Regex::new("^/([a-z]+)/.*$").unwrap(),
+            "${1}.svc".into(),
+        );
+        assert_eq!(dynamic_host_rewrite(&regex, &p).unwrap(), "orders.svc");
+    }
+}
