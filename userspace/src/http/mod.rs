@@ -145,6 +145,9 @@ pub struct ConnectionManager {
     access_logs: Vec<AccessLogger>,
     /// `local_reply_config`.
     local_reply: Option<local_reply::LocalReplyRewriter>,
+    /// Per virtual host, the stats of its `virtual_clusters` and of `other`; empty
+    /// for a virtual host without virtual clusters.
+    virtual_cluster_stats: Vec<Vec<stats::VirtualClusterStats>>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
     /// `upgrade_configs` of the connection manager allow websocket.
@@ -318,6 +321,23 @@ impl ConnectionManager {
             upstreams,
             access_logs,
             local_reply,
+            virtual_cluster_stats: config
+                .route_config
+                .virtual_hosts
+                .iter()
+                .map(|vhost| {
+                    let clusters = &vhost.options.virtual_clusters;
+                    if clusters.is_empty() {
+                        return Vec::new();
+                    }
+                    clusters
+                        .iter()
+                        .map(|vc| vc.name.as_str())
+                        .chain(["other"])
+                        .map(|name| stats::VirtualClusterStats::new(&vhost.name, name))
+                        .collect()
+                })
+                .collect(),
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
             upgrade_websocket,

@@ -224,6 +224,11 @@ impl Connection {
         }
         match &selected.route.action {
             RouteAction::Forward(forward) => {
+                if let Some(vc) = selected.virtual_cluster(&parts, SCHEME) {
+                    let vh = selected.virtual_host_index;
+                    hcm.virtual_cluster_stats[vh][vc].upstream_rq_total.inc();
+                    stream.virtual_cluster = Some((vh, vc));
+                }
                 self.forward(stream, parts, body, selected, forward, meta)
                     .await
             }
@@ -485,6 +490,9 @@ impl Connection {
         let code = response.status().as_u16();
         stream.info.response_code = code;
         self.hcm.stats.record_status(code);
+        if let Some((vh, vc)) = stream.virtual_cluster {
+            self.hcm.virtual_cluster_stats[vh][vc].record(code);
+        }
         if stream.log {
             stream.info.response_headers = response.headers().clone();
         }

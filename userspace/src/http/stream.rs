@@ -241,6 +241,8 @@ pub(crate) struct ActiveStream {
     /// The request's `x-request-id`, for the response
     /// (`always_set_request_id_in_response`).
     pub response_request_id: Option<http::HeaderValue>,
+    /// The virtual cluster counting this request: (virtual host, virtual cluster).
+    pub virtual_cluster: Option<(usize, usize)>,
 }
 
 impl ActiveStream {
@@ -351,6 +353,7 @@ impl StreamGuard {
             request_line: None,
             head_request: false,
             response_request_id: None,
+            virtual_cluster: None,
         })))
     }
 

@@ -91,6 +91,8 @@ pub struct RouteTable {
 struct CompiledVirtualHost {
     routes: Vec<CompiledRoute>,
     headers: CompiledMutations,
+    /// `virtual_clusters`: the header matchers of each.
+    virtual_clusters: Vec<Vec<matcher::CompiledHeaderMatcher>>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +227,17 @@ impl RouteTable {
                     .map(|route| CompiledRoute::new(route, &mut mutation_errors))
                     .collect(),
                 headers: CompiledMutations::new(&vhost.headers, &mut mutation_errors),
+                virtual_clusters: vhost
+                    .options
+                    .virtual_clusters
+                    .iter()
+                    .map(|vc| {
+                        vc.headers
+                            .iter()
+                            .map(matcher::CompiledHeaderMatcher::new)
+                            .collect()
+                    })
+                    .collect(),
             })
             .collect();
         let headers = CompiledMutations::new(&config.headers, &mut mutation_errors);
@@ -464,6 +477,24 @@ impl<'a> Selected<'a> {
             }
             _ => rewrite_path(forward, &self.route.matcher.path, path_and_query),
         }
+    }
+
+    /// The virtual cluster of the request in its virtual host (Envoy's
+    /// `virtualClusterFromEntries`): the index of the first whose headers all match,
+    /// the number of virtual clusters for the implicit `other` when none does, `None`
+    /// when the virtual host has none.
+    pub fn virtual_cluster(&self, parts: &http::request::Parts, scheme: &str) -> Option<usize> {
+        let clusters = &self.table.virtual_hosts[self.virtual_host_index].virtual_clusters;
+        if clusters.is_empty() {
+            return None;
+        }
+        let view = RequestView::new(parts, scheme, None);
+        Some(
+            clusters
+                .iter()
+                .position(|matchers| matchers.iter().all(|m| m.matches(&view)))
+                .unwrap_or(clusters.len()),
+        )
     }
 
     /// The cluster of a forward route ([`choose_cluster`], with the cumulative weights
