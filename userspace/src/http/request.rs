@@ -202,6 +202,9 @@ impl Connection {
         if stream.log && !selected.route.name.is_empty() {
             stream.info.route_name = Some(selected.route.name.clone());
         }
+        if stream.log {
+            stream.info.route_metadata = selected.route.metadata.clone();
+        }
         if selected.virtual_host.options.require_tls != RequireTls::None {
             // keel serves plaintext only, so every request is not TLS: ALL redirects
             // all, EXTERNAL_ONLY those without `x-envoy-internal` (Envoy's

@@ -53,6 +53,8 @@ pub struct StreamInfo {
     pub upstream_cluster: Option<String>,
     /// Route name (`%ROUTE_NAME%`).
     pub route_name: Option<String>,
+    /// The route's `metadata.filter_metadata` (`%METADATA(ROUTE:..)%`).
+    pub route_metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Details of a local reply (`%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: Option<String>,
 }
@@ -84,6 +86,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_cluster: None,
             route_name: None,
+            route_metadata: None,
             response_code_details: None,
         }
     }
