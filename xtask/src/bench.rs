@@ -7,15 +7,24 @@
 //! a smoke test for CI that still fails when a path carries no traffic.
 //!
 //! The harness (process guard, sandbox, load generators, statistics, report) lives in
-//! `bench/*.rs` so that later scenarios reuse it; `l4` is the first scenario.
+//! `bench/*.rs` and every scenario reuses it: `l4` (TCP), the HTTP scenarios of
+//! `http.rs` (`h1`, `h2c`, `grpc`, `h1-newconn`, `latency`, `large`: keel against Envoy,
+//! HAProxy and nginx) and `memory`. The bench installs what it drives (apt packages,
+//! Envoy in a venv), builds keel and its own backend and clients (`xtask/bench-tools`)
+//! in release, and raises its RLIMIT_NOFILE (inherited by what it starts only).
 
+mod http;
+mod httpload;
 mod l4;
 mod load;
+mod memory;
 mod peers;
 mod procs;
 mod report;
 mod sandbox;
 mod stats;
+mod svg;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,17 +32,28 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
-use crate::build::{self, Profile};
+use crate::build;
 use crate::setup;
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (all when none is given): l4.
+    /// Scenarios to run (all when none is given): l4, h1, h2c, grpc, h1-newconn,
+    /// latency, large, memory.
     pub scenarios: Vec<String>,
-    /// Short runs, for CI and quick checks.
+    /// Short runs, for CI and quick checks (results go to `*-quick.json`).
     #[arg(long)]
     pub quick: bool,
+    /// Repetitions of each peer in the HTTP and memory scenarios (default 3; 1 with
+    /// --quick).
+    #[arg(long, value_name = "N")]
+    pub repetitions: Option<usize>,
+    /// Seconds of one HTTP measurement (default 5; 1 with --quick).
+    #[arg(long, value_name = "S")]
+    pub sample_seconds: Option<u32>,
+    /// Request rate of the `latency` scenario, requests per second (default 2000).
+    #[arg(long, value_name = "RPS")]
+    pub rate: Option<f64>,
     /// Bench this keel binary (it must embed its eBPF object) instead of building one
     /// with `cargo xtask build --release`.
     #[arg(long, value_name = "PATH")]
@@ -64,17 +84,80 @@ pub struct Context {
     pub xtask: PathBuf,
     /// `target/bench`: results, configs and logs.
     pub out_dir: PathBuf,
+    /// `bench-backend` (release build).
+    pub bench_backend: PathBuf,
+    /// `bench-client` (release build).
+    pub bench_client: PathBuf,
+    /// The Envoy binary, or why there is none (Envoy is an optional peer).
+    pub envoy: std::result::Result<PathBuf, String>,
+    /// `--repetitions`.
+    pub repetitions: Option<usize>,
+    /// `--sample-seconds`.
+    pub seconds: Option<u32>,
+    /// `--rate`.
+    pub rate: Option<f64>,
 }
 
 /// A scenario: name, one-line description, entry point.
 type Scenario = (&'static str, &'static str, fn(&Context) -> Result<()>);
 
 /// Every scenario, in the order `cargo xtask bench` runs them.
-const SCENARIOS: &[Scenario] = &[(
-    "l4",
-    "TCP service: direct vs kernel-balanced vs keel tcp_proxy vs HAProxy (vs Envoy)",
-    l4::run,
-)];
+const SCENARIOS: &[Scenario] = &[
+    (
+        "l4",
+        "TCP service: direct vs kernel-balanced vs keel tcp_proxy vs HAProxy (vs Envoy)",
+        l4::run,
+    ),
+    (
+        "h1",
+        "HTTP/1.1 keep-alive: keel vs Envoy, HAProxy, nginx and direct",
+        http::h1,
+    ),
+    (
+        "h2c",
+        "h2c: keel vs Envoy, HAProxy, nginx and direct",
+        http::h2c,
+    ),
+    (
+        "grpc",
+        "gRPC unary: keel vs Envoy, HAProxy, nginx and direct",
+        http::grpc,
+    ),
+    (
+        "h1-newconn",
+        "HTTP/1.1, a new connection per request: keel vs Envoy, HAProxy, nginx and direct",
+        http::h1_newconn,
+    ),
+    (
+        "latency",
+        "latency percentiles at a fixed rate: keel vs Envoy, HAProxy, nginx and direct",
+        http::latency,
+    ),
+    (
+        "large",
+        "1 MiB responses: keel vs Envoy, HAProxy, nginx and direct",
+        http::large,
+    ),
+    (
+        "memory",
+        "RSS idle, per idle HTTP/1.1 connection and per open HTTP/2 stream: keel vs Envoy, HAProxy, nginx",
+        memory::run,
+    ),
+];
+
+/// What the bench drives, installed with apt when missing.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iperf3",
+    "haproxy",
+    "nginx",
+    "wrk",
+    "nghttp2-client",
+];
+
+/// The bench's descriptor limit (its processes inherit it): the memory scenario holds
+/// 10,000 client connections, as many proxied ones and upstream ones.
+const NOFILE_LIMIT: u64 = 262_144;
 
 /// Runs the benchmarks named in `args` (or one of the internal load generators).
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -91,7 +174,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     setup::ensure_host()?;
-    let keel = match &args.keel {
+    setup::step("apt packages for the bench", || {
+        setup::ensure_apt(APT_PACKAGES)
+    })?;
+    raise_nofile_limit()?;
+    let envoy = peers::ensure_envoy();
+    if let Err(reason) = &envoy {
+        println!("[bench] Envoy is optional and will be skipped: {reason}");
+    }
+    let (tools, keel) = match &args.keel {
         Some(keel) => {
             let keel =
                 std::path::absolute(keel).with_context(|| format!("--keel {}", keel.display()))?;
@@ -99,9 +190,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 bail!("--keel {}: no such file", keel.display());
             }
             println!("[bench] keel: {} (given, not built)", keel.display());
-            keel
+            (build::build_bench_tools(None)?.0, keel)
         }
-        None => build::build_all(Profile::Release)?,
+        None => {
+            // keel in release with its eBPF object (as `cargo xtask build --release`),
+            // built in one cargo run with the bench's own programs.
+            setup::ensure_toolchain()?;
+            let object = build::build_ebpf_object()?;
+            let (tools, keel) = build::build_bench_tools(Some(&object))?;
+            (tools, keel.context("the build reported no keel")?)
+        }
     };
     let out_dir = build::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -110,6 +208,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         keel,
         xtask: std::env::current_exe().context("finding xtask's own executable")?,
         out_dir,
+        bench_backend: tools.backend,
+        bench_client: tools.client,
+        envoy,
+        repetitions: args.repetitions,
+        seconds: args.sample_seconds,
+        rate: args.rate,
     };
     // From here on Ctrl-C sets a flag that every wait checks, so the sandbox is removed.
     procs::catch_interrupts()?;
@@ -121,6 +225,34 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
         scenario(&context).with_context(|| format!("bench scenario `{name}` failed"))?;
     }
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE for this process and so for the processes it starts: to
+/// [`NOFILE_LIMIT`] where allowed, else (a container without CAP_SYS_RESOURCE) the soft
+/// limit up to the hard one. Never lowers it.
+fn raise_nofile_limit() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    if soft >= NOFILE_LIMIT {
+        return Ok(());
+    }
+    let raised = if setrlimit(
+        Resource::RLIMIT_NOFILE,
+        NOFILE_LIMIT,
+        hard.max(NOFILE_LIMIT),
+    )
+    .is_ok()
+    {
+        NOFILE_LIMIT
+    } else {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .with_context(|| format!("raising RLIMIT_NOFILE to its hard limit {hard}"))?;
+        hard
+    };
+    println!(
+        "[bench] RLIMIT_NOFILE raised from {soft} to {raised} (for the bench and its processes)"
+    );
     Ok(())
 }
 
@@ -156,8 +288,13 @@ mod tests {
     fn chooses_all_scenarios_or_the_named_ones() {
         assert_eq!(choose_scenarios(&[]).unwrap().len(), super::SCENARIOS.len());
         assert_eq!(choose_scenarios(&["l4".into()]).unwrap()[0].0, "l4");
+        let chosen = choose_scenarios(&["memory".into(), "h1".into()]).unwrap();
+        assert_eq!((chosen[0].0, chosen[1].0), ("memory", "h1"));
         let error = choose_scenarios(&["l7".into()]).err().unwrap().to_string();
         assert!(error.contains("unknown bench scenario `l7`"), "{error}");
-        assert!(error.contains("l4"), "{error}");
+        assert!(
+            error.contains("l4") && error.contains("h1-newconn"),
+            "{error}"
+        );
     }
 }

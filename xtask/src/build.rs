@@ -130,6 +130,71 @@ pub fn build_keel(object: &Path, profile: Profile) -> Result<PathBuf> {
     keel.context("cargo built keel but reported no executable for it")
 }
 
+/// The bench's own programs: `bench-backend` and `bench-client`.
+pub struct BenchTools {
+    /// The HTTP/1.1 + h2c + gRPC backend.
+    pub backend: PathBuf,
+    /// The latency and idle-connection clients.
+    pub client: PathBuf,
+}
+
+/// Builds the `keel-bench-tools` crate in release (they must not be the bottleneck) and
+/// returns its two executables. With `keel_object`, keel (embedding that eBPF object)
+/// is built in the same cargo run, so both share their dependencies' artifacts, and its
+/// path is returned too.
+pub fn build_bench_tools(keel_object: Option<&Path>) -> Result<(BenchTools, Option<PathBuf>)> {
+    let mut cargo = cmd::outer_cargo();
+    cargo.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "keel-bench-tools",
+    ]);
+    if let Some(object) = keel_object {
+        cargo
+            .env(EBPF_OBJECT_VARIABLE, object)
+            .args(["--package", "keel"]);
+    }
+    cargo
+        .arg("--bins")
+        .arg("--message-format=json-render-diagnostics");
+    let output = cmd::output_of(cargo.stderr(Stdio::inherit()))?;
+    cmd::check_success(&cargo, output.status)?;
+    let messages = String::from_utf8_lossy(&output.stdout);
+    let find = |name: &str| {
+        executable_named(&messages, name)
+            .with_context(|| format!("cargo built {name} but reported no executable for it"))
+    };
+    let tools = BenchTools {
+        backend: find("bench-backend")?,
+        client: find("bench-client")?,
+    };
+    println!(
+        "[build] bench tools: {} and {}",
+        tools.backend.display(),
+        tools.client.display()
+    );
+    let keel = match keel_object {
+        Some(_) => {
+            let keel = find("keel")?;
+            println!("[build] keel: {}", keel.display());
+            Some(keel)
+        }
+        None => None,
+    };
+    Ok((tools, keel))
+}
+
+/// The path of the binary `name` in cargo's JSON messages.
+fn executable_named(messages: &str, name: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
 /// The path of the `keel` executable in cargo's JSON messages.
 fn keel_executable(messages: impl BufRead) -> Option<PathBuf> {
     let mut found = None;
@@ -151,7 +216,7 @@ fn keel_executable(messages: impl BufRead) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::keel_executable;
+    use super::{executable_named, keel_executable};
     use std::path::PathBuf;
 
     #[test]
@@ -168,5 +233,10 @@ mod tests {
             keel_executable(messages.as_bytes()),
             Some(PathBuf::from("/t/debug/keel"))
         );
+        assert_eq!(
+            executable_named(messages, "keel"),
+            Some(PathBuf::from("/t/debug/keel"))
+        );
+        assert_eq!(executable_named(messages, "bench-backend"), None);
     }
 }

@@ -62,7 +62,7 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
 }
 
 /// Runs one step and prints `[setup] <name> ... <outcome> (<seconds>s)`.
-fn step(name: &str, action: impl FnOnce() -> Result<Outcome>) -> Result<()> {
+pub fn step(name: &str, action: impl FnOnce() -> Result<Outcome>) -> Result<()> {
     let started = Instant::now();
     let result = action();
     let seconds = started.elapsed().as_secs_f64();
@@ -139,10 +139,16 @@ fn ensure_rust_src() -> Result<Outcome> {
 }
 
 fn ensure_apt_packages() -> Result<Outcome> {
-    let Some(missing) = missing_apt_packages() else {
+    ensure_apt(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not report as installed (one `apt-get
+/// install` for all of them, printed before it runs); a setup step.
+pub fn ensure_apt(packages: &[&'static str]) -> Result<Outcome> {
+    let Some(missing) = missing_apt_packages(packages) else {
         return Ok(Outcome::Skipped(format!(
             "dpkg-query not found (not a Debian-family system); install {} yourself",
-            APT_PACKAGES.join(", ")
+            packages.join(", ")
         )));
     };
     if missing.is_empty() {
@@ -165,10 +171,10 @@ fn ensure_apt_packages() -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// The test packages dpkg does not report as installed; `None` without dpkg-query.
-fn missing_apt_packages() -> Option<Vec<&'static str>> {
+/// The packages dpkg does not report as installed; `None` without dpkg-query.
+fn missing_apt_packages(packages: &[&'static str]) -> Option<Vec<&'static str>> {
     let mut missing = Vec::new();
-    for package in APT_PACKAGES {
+    for package in packages {
         let output = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))?;
         // "install ok installed"; an unknown package exits non-zero.
         let status = String::from_utf8_lossy(&output.stdout);

@@ -711,6 +711,45 @@ fn gateway_config_converts_to_the_model() {
 }
 
 #[test]
+fn hash_policies_convert_in_order() {
+    let model = load(&with_routes(
+        "- match: {prefix: /}
+  route:
+    cluster: app
+    hash_policy:
+    - header: {header_name: X-User}
+      terminal: true
+    - cookie: {name: session, ttl: 60s, path: /}
+    - connection_properties: {source_ip: true}",
+    ));
+    let route = &hcm_of(&model).route_config.virtual_hosts[0].routes[0];
+    let policies = &forward(route).hash_policy;
+    assert_eq!(
+        policies,
+        &vec![
+            crate::model::http::HashPolicy {
+                source: crate::model::http::HashSource::Header(http::HeaderName::from_static(
+                    "x-user"
+                )),
+                terminal: true,
+            },
+            crate::model::http::HashPolicy {
+                source: crate::model::http::HashSource::Cookie {
+                    name: "session".into(),
+                    ttl: Some(Duration::from_secs(60)),
+                    path: Some("/".into()),
+                },
+                terminal: false,
+            },
+            crate::model::http::HashPolicy {
+                source: crate::model::http::HashSource::SourceIp,
+                terminal: false,
+            },
+        ]
+    );
+}
+
+#[test]
 fn deprecated_forms_are_read_like_envoy() {
     let yaml = with_hcm(
         r#"
@@ -1368,8 +1407,8 @@ fn route_table_rejections() {
             "cannot be removed",
         ),
         (
-            "- {match: {prefix: /}, route: {cluster: app, hash_policy: [{header: {header_name: x}}]}}",
-            "route.hash_policy",
+            "- {match: {prefix: /}, route: {cluster: app, hash_policy: [{query_parameter: {name: x}}]}}",
+            "route.hash_policy[0].query_parameter",
             "field not supported by keel",
         ),
     ];

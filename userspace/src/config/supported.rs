@@ -22,6 +22,13 @@ const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_mana
 const LISTENER_FILTER: &str = "envoy.config.listener.v3.Filter";
 const ACCESS_LOG: &str = "envoy.config.accesslog.v3.AccessLog";
 const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
+const CLUSTER_COMMON_LB: &str = "envoy.config.cluster.v3.Cluster.CommonLbConfig";
+
+/// Why `common_lb_config.zone_aware_lb_config` is rejected.
+pub const ZONE_AWARE_UNSUPPORTED: &str =
+    "zone-aware routing needs the local cluster (cluster_manager.local_cluster_name) to \
+     compare zones, which keel does not support (Envoy does no zone-aware routing without it \
+     either); use locality_weighted_lb_config or priorities";
 
 /// For each message keel reads (by full protobuf name), the fields it supports.
 pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
@@ -318,7 +325,24 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "max_stream_duration",
             "request_mirror_policies",
             "retry_policy",
+            "hash_policy",
         ],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy",
+        &["header", "cookie", "connection_properties", "terminal"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+        &["header_name"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+        &["name", "ttl", "path"],
+    ),
+    (
+        "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+        &["source_ip"],
     ),
     (
         "envoy.config.route.v3.RouteAction.MaxStreamDuration",
@@ -426,9 +450,20 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "connect_timeout",
             "lb_policy",
             "maglev_lb_config",
+            "ring_hash_lb_config",
+            "least_request_lb_config",
+            "original_dst_lb_config",
+            "common_lb_config",
             "load_assignment",
             "typed_extension_protocol_options",
             "http2_protocol_options",
+            "dns_refresh_rate",
+            "dns_failure_refresh_rate",
+            "respect_dns_ttl",
+            "dns_lookup_family",
+            "typed_dns_resolver_config",
+            "dns_resolvers",
+            "cleanup_interval",
             "health_checks",
             "outlier_detection",
         ],
@@ -510,12 +545,53 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
         &["table_size"],
     ),
     (
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig",
+        &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig",
+        &["choice_count", "active_request_bias"],
+    ),
+    (
+        "envoy.config.core.v3.RuntimeDouble",
+        &["default_value", "runtime_key"],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+        &["use_http_header", "http_header_name", "upstream_port_override"],
+    ),
+    (
+        CLUSTER_COMMON_LB,
+        &[
+            "healthy_panic_threshold",
+            "locality_weighted_lb_config",
+            "update_merge_window",
+        ],
+    ),
+    ("envoy.type.v3.Percent", &["value"]),
+    (
+        "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig",
+        &[],
+    ),
+    (
+        "envoy.config.cluster.v3.Cluster.RefreshRate",
+        &["base_interval", "max_interval"],
+    ),
+    (
+        "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+        &["resolvers"],
+    ),
+    (
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        &["cluster_name", "endpoints"],
+        &["cluster_name", "endpoints", "policy"],
+    ),
+    (
+        "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy",
+        &["overprovisioning_factor"],
     ),
     (
         "envoy.config.endpoint.v3.LocalityLbEndpoints",
-        &["locality", "lb_endpoints", "load_balancing_weight"],
+        &["locality", "lb_endpoints", "load_balancing_weight", "priority"],
     ),
     (
         "envoy.config.core.v3.Locality",
@@ -543,6 +619,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
 /// Fields keel knows but does not support, with what to say instead of the generic
 /// "field not supported" (message, field, message to the user).
 pub const FIELD_HINTS: &[(&str, &str, &str)] = &[
+    (
+        CLUSTER_COMMON_LB,
+        "zone_aware_lb_config",
+        ZONE_AWARE_UNSUPPORTED,
+    ),
     (
         HCM,
         "rds",

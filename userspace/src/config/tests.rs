@@ -107,6 +107,24 @@ fn good_model() -> Bootstrap {
                     weight: 1,
                 },
             ],
+            localities: vec![crate::model::LocalityEndpoints {
+                locality: crate::model::Locality {
+                    zone: "a".into(),
+                    ..Default::default()
+                },
+                priority: 0,
+                weight: None,
+                endpoints: vec![
+                    crate::model::LbEndpoint {
+                        address: crate::model::EndpointAddress::Socket(addr("10.0.0.1:8080")),
+                        weight: 3,
+                    },
+                    crate::model::LbEndpoint {
+                        address: crate::model::EndpointAddress::Socket(addr("[fd00::2]:8080")),
+                        weight: 1,
+                    },
+                ],
+            }],
             upstream_protocol: crate::model::UpstreamProtocol::Http1,
             ..Cluster::default()
         }],
@@ -215,7 +233,7 @@ fn the_same_config_in_camel_case_json_converts_the_same() {
         "clusters": [{
           "name": "web", "connectTimeout": "0.250s", "lbPolicy": "MAGLEV",
           "maglevLbConfig": {"tableSize": "251"},
-          "loadAssignment": {"clusterName": "web", "endpoints": [{"lbEndpoints": [
+          "loadAssignment": {"clusterName": "web", "endpoints": [{"locality": {"zone": "a"}, "lbEndpoints": [
             {"endpoint": {"address": {"socketAddress": {"address": "10.0.0.1", "portValue": 8080}}},
              "loadBalancingWeight": 3},
             {"endpoint": {"address": {"socketAddress": {"address": "fd00::2", "portValue": 8080}}}}
@@ -546,11 +564,11 @@ fn keel_metadata_with_wrong_type_url() {
 }
 
 #[test]
-fn non_static_cluster_is_not_supported_yet() {
+fn eds_cluster_is_not_supported_yet() {
     expect_error(
-        &minimal("", CLUSTER_C, "    type: STRICT_DNS", ENDPOINT),
+        &minimal("", CLUSTER_C, "    type: EDS", ENDPOINT),
         "static_resources.clusters[0].type",
-        "STRICT_DNS clusters are not supported yet",
+        "EDS clusters come with xDS",
     );
 }
 

@@ -9,7 +9,7 @@ use keel_common::{
 };
 
 use crate::cluster::{maglev_table, random_table, round_robin_table, MAX_TABLE_LEN};
-use crate::model::{Balancing, Bootstrap, LbPolicy, NetworkFilter, Protocol};
+use crate::model::{Balancing, Bootstrap, Discovery, LbPolicy, NetworkFilter, Protocol};
 
 /// A service the kernel balances: everything one update of the maps needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,30 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
             path: format!("{cluster_at}{field}"),
             message,
         };
+        let discovery = match &cluster.discovery {
+            Discovery::Static => None,
+            Discovery::StrictDns(_) => Some("STRICT_DNS"),
+            Discovery::LogicalDns(_) => Some("LOGICAL_DNS"),
+            Discovery::OriginalDst(_) => Some("ORIGINAL_DST"),
+        };
+        if let Some(discovery) = discovery {
+            return Err(cluster_err(
+                ".type",
+                format!(
+                    "a kernel-balanced listener's cluster must be STATIC (the kernel tables are \
+                     built from its endpoints), but it is {discovery}; balance this listener in \
+                     userspace"
+                ),
+            ));
+        }
+        if cluster.localities.iter().any(|l| l.priority != 0) {
+            return Err(cluster_err(
+                ".load_assignment.endpoints",
+                "priorities are not available in the kernel; give every locality priority 0, \
+                 or balance this listener in userspace"
+                    .into(),
+            ));
+        }
         if cluster.endpoints.len() as u32 > MAX_BACKENDS_PER_SERVICE {
             return Err(cluster_err(
                 ".load_assignment",
@@ -147,7 +171,7 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
                 round_robin_table(&weights, MAX_TABLE_LEN),
             ),
             LbPolicy::Random => (policy::RANDOM, random_table(&weights, MAX_TABLE_LEN)),
-            LbPolicy::LeastRequest => (policy::LEAST_CONNECTIONS, Vec::new()),
+            LbPolicy::LeastRequest { .. } => (policy::LEAST_CONNECTIONS, Vec::new()),
             LbPolicy::Maglev { table_size } => {
                 if table_size > MAX_LB_TABLE_SIZE || table_size < cluster.endpoints.len() as u32 {
                     return Err(cluster_err(
@@ -160,7 +184,7 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
                 }
                 (policy::MAGLEV, maglev_table(&cluster.endpoints, table_size))
             }
-            LbPolicy::RingHash => {
+            LbPolicy::RingHash { .. } => {
                 return Err(cluster_err(
                     ".lb_policy",
                     "RING_HASH is not available in the kernel; use MAGLEV for consistent \
@@ -168,6 +192,7 @@ pub fn kernel_services(bootstrap: &Bootstrap) -> Result<Vec<KernelService>, Plan
                         .into(),
                 ))
             }
+            LbPolicy::ClusterProvided => unreachable!("ORIGINAL_DST clusters are rejected above"),
         };
         services.push(KernelService {
             listener: listener.name.clone(),

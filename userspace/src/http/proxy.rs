@@ -22,7 +22,7 @@ use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
 use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
-use crate::upstream::hash::{request_hash, RequestHash};
+use crate::upstream::hash::{request_hash_for_connection, RequestHash};
 use crate::upstream::{
     fast_random, ClusterUpstream, Outcome, PickContext, UpstreamError, WireProtocol,
 };
@@ -107,14 +107,17 @@ impl Connection {
         let hash = if forward.hash_policy.is_empty() {
             RequestHash::default()
         } else {
-            request_hash(
+            request_hash_for_connection(
                 &forward.hash_policy,
                 &parts.headers,
-                Some(stream.info.downstream_remote.ip()),
+                stream.info.downstream_remote,
+                stream.info.downstream_local,
             )
         };
         let pick = PickContext {
             hash: hash.value,
+            original_dst: cluster
+                .original_destination(&parts.headers, stream.info.downstream_local),
             ..PickContext::default()
         };
         let Some(host) = cluster.pick(&pick) else {

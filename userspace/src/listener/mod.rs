@@ -4,12 +4,15 @@
 //! `filter_chain_match` picks ([`chains`]), after the listener filters (tls_inspector,
 //! http_inspector) looked at its first bytes ([`inspect`]). A chain is one terminal
 //! network filter:
-//! - `tcp_proxy`: pick an endpoint of the cluster with the same tables the kernel
-//!   uses ([`crate::cluster`]), connect within `connect_timeout`, and copy both ways
-//!   until either side closes or `idle_timeout` passes without a byte;
+//! - `tcp_proxy`: pick a host of the cluster with its load balancer
+//!   ([`crate::upstream`]: health, priorities, DNS discovery), connect within
+//!   `connect_timeout`, and copy both ways until either side closes or `idle_timeout`
+//!   passes without a byte;
 //! - `http_connection_manager`: serve HTTP/1.1 and h2c with
 //!   [`crate::http::ConnectionManager`], forwarding through the clusters' connection
-//!   pools ([`crate::upstream`]), which all HTTP listeners share.
+//!   pools ([`crate::upstream`]).
+//!
+//! All listeners share one set of clusters ([`Upstreams`]).
 //!
 //! Each listener is bound with SO_REUSEPORT once per runtime worker (`--concurrency`),
 //! each socket with its own accept loop: the kernel spreads new connections over the
@@ -37,6 +40,9 @@ use crate::model::listener::ListenerFilters;
 use crate::model::{Balancing, Bootstrap, FilterChain, Listener, NetworkFilter, Protocol};
 use crate::observe::stats::{self, Counter};
 use crate::upstream::{fast_random, Upstreams};
+
+/// How long serving waits for the clusters' first DNS answers.
+const CLUSTER_INIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +118,18 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
     let mut upstreams: Option<Arc<Upstreams>> = bootstrap
         .clusters
         .iter()
-        .any(|c| !c.health_checks.is_empty() || c.outlier_detection.is_some())
+        .any(|c| {
+            !c.health_checks.is_empty()
+                || c.outlier_detection.is_some()
+                || c.discovery != crate::model::Discovery::Static
+        })
         .then(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
+    if let Some(upstreams) = &upstreams {
+        // As Envoy, serve once the clusters have their first hosts (DNS answers).
+        if !upstreams.initialized(CLUSTER_INIT_LIMIT).await {
+            tracing::warn!("some DNS clusters have no answer yet; serving anyway");
+        }
+    }
     for listener in &bootstrap.listeners {
         if listener.balancing == Balancing::Kernel {
             continue;
@@ -218,11 +234,14 @@ fn chain_handler(
             } else {
                 &config.weighted_clusters[..]
             };
+            let upstreams =
+                upstreams.get_or_insert_with(|| Arc::new(Upstreams::new(&bootstrap.clusters)));
             let proxies = split
                 .iter()
                 .map(|(name, weight)| {
-                    let cluster = bootstrap
-                        .cluster(name)
+                    let cluster = upstreams
+                        .get(name)
+                        .cloned()
                         .ok_or_else(|| unsupported("tcp_proxy names an unknown cluster"))?;
                     let proxy = tcp_proxy::TcpProxy::new(config.clone(), cluster)
                         .with_buffer_limit(listener.buffer_limit);

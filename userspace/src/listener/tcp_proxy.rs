@@ -1,28 +1,25 @@
 //! `envoy.filters.network.tcp_proxy` in userspace.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::cluster::{maglev_table, random_table, round_robin_table, MAX_TABLE_LEN};
-use crate::model::{self, Cluster, LbPolicy};
+use crate::model;
+use crate::upstream::{ClusterUpstream, Host, PickContext};
 
-/// One tcp_proxy filter with its cluster's endpoints and balancing state.
+/// One tcp_proxy filter over its cluster: the cluster's hosts, health, priorities and
+/// load balancer are the ones HTTP uses ([`ClusterUpstream`]), so DNS discovery,
+/// health checking and every `lb_policy` apply to TCP too. Without a hash policy the
+/// hash policies (RING_HASH, MAGLEV) pick at random, as Envoy's tcp_proxy does.
 #[derive(Debug)]
 pub struct TcpProxy {
     config: model::TcpProxy,
-    endpoints: Vec<SocketAddr>,
-    policy: LbPolicy,
-    /// Slot table for round robin, random and Maglev.
-    table: Vec<u32>,
-    cursor: AtomicU64,
-    /// Active connections per endpoint (least request).
-    active: Vec<AtomicU64>,
-    connect_timeout: Duration,
+    cluster: Arc<ClusterUpstream>,
     /// Bytes read at a time per direction (from the listener's buffer limit).
     buffer_size: usize,
 }
@@ -32,28 +29,32 @@ pub struct TcpProxy {
 const DEFAULT_COPY_BUFFER: usize = 16 * 1024;
 const MIN_COPY_BUFFER: usize = 1024;
 
+/// A connection's hold on its host: the active count least request reads, and the
+/// host's `cx_active`.
+struct Active(Arc<Host>);
+
+impl Active {
+    fn new(host: Arc<Host>) -> Active {
+        host.active.fetch_add(1, Ordering::Relaxed);
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        Active(host)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl TcpProxy {
-    /// Builds the proxy for `cluster`.
-    pub fn new(config: model::TcpProxy, cluster: &Cluster) -> TcpProxy {
-        let weights: Vec<u32> = cluster.endpoints.iter().map(|e| e.weight).collect();
-        let table = match cluster.lb_policy {
-            LbPolicy::RoundRobin => round_robin_table(&weights, MAX_TABLE_LEN),
-            LbPolicy::Random | LbPolicy::RingHash => random_table(&weights, MAX_TABLE_LEN),
-            LbPolicy::LeastRequest => Vec::new(),
-            LbPolicy::Maglev { table_size } => maglev_table(&cluster.endpoints, table_size),
-        };
+    /// Builds the proxy over `cluster`.
+    pub fn new(config: model::TcpProxy, cluster: Arc<ClusterUpstream>) -> TcpProxy {
         TcpProxy {
             config,
-            endpoints: cluster.endpoints.iter().map(|e| e.address).collect(),
-            policy: cluster.lb_policy,
-            table,
-            cursor: AtomicU64::new(0),
-            active: cluster
-                .endpoints
-                .iter()
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            connect_timeout: cluster.connect_timeout,
+            cluster,
             buffer_size: DEFAULT_COPY_BUFFER,
         }
     }
@@ -65,51 +66,35 @@ impl TcpProxy {
         self
     }
 
-    /// Picks an endpoint index for a connection from `peer`.
-    fn pick(&self, peer: SocketAddr) -> Option<usize> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let from_table = |index: u64| self.table.get((index % self.table.len() as u64) as usize);
-        let slot = match self.policy {
-            LbPolicy::LeastRequest => {
-                return (0..self.endpoints.len())
-                    .min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
-            }
-            LbPolicy::RoundRobin => from_table(self.cursor.fetch_add(1, Ordering::Relaxed)),
-            LbPolicy::Random | LbPolicy::RingHash => from_table(rand::random::<u64>()),
-            // tcp_proxy has no hash key here: hash the downstream address.
-            LbPolicy::Maglev { .. } => {
-                use std::hash::{BuildHasher, BuildHasherDefault};
-                let hasher =
-                    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-                from_table(hasher.hash_one(peer))
-            }
-        };
-        slot.map(|&s| s as usize)
-    }
-
     /// Proxies one accepted connection until both sides close or it idles out.
-    pub(crate) async fn handle(&self, downstream: TcpStream, peer: SocketAddr) {
-        let Some(index) = self.pick(peer) else {
+    pub(crate) async fn handle(&self, downstream: TcpStream, _peer: SocketAddr) {
+        let context = PickContext {
+            // ORIGINAL_DST: the connection's local address.
+            original_dst: downstream.local_addr().ok(),
+            ..PickContext::default()
+        };
+        let Some(host) = self.cluster.pick(&context) else {
             tracing::debug!(stat_prefix = %self.config.stat_prefix, "no healthy upstream");
             return;
         };
-        let endpoint = self.endpoints[index];
-        let upstream = match timeout(self.connect_timeout, TcpStream::connect(endpoint)).await {
+        let endpoint = host.address;
+        let connect_timeout = self.cluster.connect_timeout();
+        let upstream = match timeout(connect_timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
+                host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%endpoint, "upstream connect failed: {e}");
                 return;
             }
             Err(_) => {
+                host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%endpoint, "upstream connect timeout");
                 return;
             }
         };
         let _ = downstream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        self.active[index].fetch_add(1, Ordering::Relaxed);
+        let _active = Active::new(host);
         if let Err(e) = copy_both_ways(
             downstream,
             upstream,
@@ -120,7 +105,6 @@ impl TcpProxy {
         {
             tracing::debug!(%endpoint, "connection ended: {e}");
         }
-        self.active[index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -133,8 +133,19 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// `lb_policy` with its policy-specific settings.
     pub lb_policy: LbPolicy,
-    /// `load_assignment.endpoints[*].lb_endpoints[*]`, flattened in order.
+    /// For a STATIC cluster, `load_assignment.endpoints[*].lb_endpoints[*]` flattened in
+    /// order (what the kernel and the tcp_proxy balance); empty for the other types,
+    /// whose hosts are discovered at run time.
     pub endpoints: Vec<Endpoint>,
+    /// `type` with its discovery settings.
+    pub discovery: Discovery,
+    /// `load_assignment.endpoints`: the localities with their priority, weight and
+    /// endpoints, in order.
+    pub localities: Vec<LocalityEndpoints>,
+    /// `load_assignment.policy.overprovisioning_factor` in percent (Envoy's default 140).
+    pub overprovisioning_factor: u32,
+    /// `common_lb_config`.
+    pub common_lb: CommonLbConfig,
     /// The HTTP protocol spoken to the endpoints
     /// (`typed_extension_protocol_options` `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`).
     pub upstream_protocol: UpstreamProtocol,
@@ -154,10 +165,176 @@ impl Default for Cluster {
             connect_timeout: Duration::from_secs(5),
             lb_policy: LbPolicy::RoundRobin,
             endpoints: Vec::new(),
+            discovery: Discovery::Static,
+            localities: Vec::new(),
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            common_lb: CommonLbConfig::default(),
             upstream_protocol: UpstreamProtocol::Http1,
             circuit_breakers: breakers::CircuitBreakers::default(),
             health_checks: Vec::new(),
             outlier_detection: None,
+        }
+    }
+}
+
+impl Cluster {
+    /// The localities of the cluster: `localities` when given, otherwise one locality
+    /// of priority 0 holding `endpoints` (a cluster built in code with endpoints only).
+    pub fn effective_localities(&self) -> std::borrow::Cow<'_, [LocalityEndpoints]> {
+        if self.localities.is_empty() && !self.endpoints.is_empty() {
+            std::borrow::Cow::Owned(vec![LocalityEndpoints {
+                endpoints: self
+                    .endpoints
+                    .iter()
+                    .map(|e| LbEndpoint {
+                        address: EndpointAddress::Socket(e.address),
+                        weight: e.weight,
+                    })
+                    .collect(),
+                ..LocalityEndpoints::default()
+            }])
+        } else {
+            std::borrow::Cow::Borrowed(&self.localities)
+        }
+    }
+}
+
+/// Envoy's default `overprovisioning_factor` (140%).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+/// How a cluster finds its hosts (`type`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discovery {
+    /// `STATIC`: the IP addresses of `load_assignment`.
+    Static,
+    /// `STRICT_DNS`: every address each endpoint's hostname resolves to is a host.
+    StrictDns(Dns),
+    /// `LOGICAL_DNS`: one endpoint, its hostname's first address is the one host.
+    LogicalDns(Dns),
+    /// `ORIGINAL_DST`: hosts made on demand from each request's original destination.
+    OriginalDst(OriginalDst),
+}
+
+/// DNS settings of a STRICT_DNS or LOGICAL_DNS cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dns {
+    /// `dns_refresh_rate` (Envoy's default 5 s).
+    pub refresh_rate: Duration,
+    /// `respect_dns_ttl`: refresh when the answer's TTL expires instead.
+    pub respect_ttl: bool,
+    /// `dns_failure_refresh_rate` (base, max): the backoff after a failed resolution;
+    /// `None`: retry at `refresh_rate`.
+    pub failure_refresh: Option<(Duration, Duration)>,
+    /// `dns_lookup_family`.
+    pub lookup_family: DnsLookupFamily,
+    /// `typed_dns_resolver_config` (c-ares `resolvers`): the name servers to ask;
+    /// empty means the system's (`/etc/resolv.conf`). `/etc/hosts` is always read.
+    pub resolvers: Vec<SocketAddr>,
+}
+
+impl Default for Dns {
+    fn default() -> Dns {
+        Dns {
+            refresh_rate: Duration::from_secs(5),
+            respect_ttl: false,
+            failure_refresh: None,
+            lookup_family: DnsLookupFamily::Auto,
+            resolvers: Vec::new(),
+        }
+    }
+}
+
+/// `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsLookupFamily {
+    /// `AUTO` (the default): IPv6, else IPv4.
+    #[default]
+    Auto,
+    /// `V4_ONLY`.
+    V4Only,
+    /// `V6_ONLY`.
+    V6Only,
+    /// `V4_PREFERRED`: IPv4, else IPv6.
+    V4Preferred,
+    /// `ALL`: both.
+    All,
+}
+
+/// Settings of an ORIGINAL_DST cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginalDst {
+    /// `original_dst_lb_config.use_http_header`: take the destination from the
+    /// request header [`OriginalDst::header_name`].
+    pub use_http_header: bool,
+    /// `original_dst_lb_config.http_header_name` (default `x-envoy-original-dst-host`).
+    pub header_name: ::http::HeaderName,
+    /// `original_dst_lb_config.upstream_port_override`.
+    pub port_override: Option<u16>,
+    /// `cleanup_interval` (Envoy's default 5 s): a host unused this long is removed.
+    pub cleanup_interval: Duration,
+}
+
+/// One entry of `load_assignment.endpoints`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LocalityEndpoints {
+    /// `locality`.
+    pub locality: Locality,
+    /// `priority` (0 is the highest).
+    pub priority: u32,
+    /// `load_balancing_weight` (used with locality-weighted balancing).
+    pub weight: Option<u32>,
+    /// `lb_endpoints`, in order.
+    pub endpoints: Vec<LbEndpoint>,
+}
+
+/// `envoy.config.core.v3.Locality`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Locality {
+    /// `region`.
+    pub region: String,
+    /// `zone`.
+    pub zone: String,
+    /// `sub_zone`.
+    pub sub_zone: String,
+}
+
+/// One `lb_endpoints` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LbEndpoint {
+    /// `endpoint.address.socket_address`.
+    pub address: EndpointAddress,
+    /// `load_balancing_weight` (1 by default, at least 1).
+    pub weight: u32,
+}
+
+/// Where an endpoint is: an IP address, or a name to resolve (DNS clusters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// A hostname and port (STRICT_DNS, LOGICAL_DNS).
+    Dns {
+        /// `socket_address.address`.
+        hostname: String,
+        /// `socket_address.port_value`.
+        port: u16,
+    },
+}
+
+/// `common_lb_config`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CommonLbConfig {
+    /// `healthy_panic_threshold` in percent (Envoy's default 50; 0 disables panic).
+    pub healthy_panic_threshold: f64,
+    /// `locality_weighted_lb_config`: pick a locality by weight first.
+    pub locality_weighted: bool,
+}
+
+impl Default for CommonLbConfig {
+    fn default() -> CommonLbConfig {
+        CommonLbConfig {
+            healthy_panic_threshold: 50.0,
+            locality_weighted: false,
         }
     }
 }
@@ -174,12 +351,17 @@ pub enum UpstreamProtocol {
 }
 
 /// A cluster's load-balancing policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbPolicy {
     /// `ROUND_ROBIN`, weighted by endpoint weights.
     RoundRobin,
     /// `LEAST_REQUEST`; in the kernel: least active connections.
-    LeastRequest,
+    LeastRequest {
+        /// `least_request_lb_config.choice_count` (default 2, at least 2).
+        choice_count: u32,
+        /// `least_request_lb_config.active_request_bias` (default 1.0).
+        active_request_bias: f64,
+    },
     /// `RANDOM`, weighted.
     Random,
     /// `MAGLEV` with `maglev_lb_config.table_size` (a prime; Envoy's default is 65537).
@@ -187,8 +369,28 @@ pub enum LbPolicy {
         /// Lookup-table size.
         table_size: u32,
     },
-    /// `RING_HASH` (userspace only).
-    RingHash,
+    /// `RING_HASH` (userspace only) with xxHash64.
+    RingHash {
+        /// `ring_hash_lb_config.minimum_ring_size` (default 1024).
+        minimum_ring_size: u64,
+        /// `ring_hash_lb_config.maximum_ring_size` (default 8M).
+        maximum_ring_size: u64,
+    },
+    /// `CLUSTER_PROVIDED`: the cluster picks (ORIGINAL_DST).
+    ClusterProvided,
+}
+
+impl LbPolicy {
+    /// `LEAST_REQUEST` with Envoy's defaults.
+    pub const LEAST_REQUEST: LbPolicy = LbPolicy::LeastRequest {
+        choice_count: 2,
+        active_request_bias: 1.0,
+    };
+    /// `RING_HASH` with Envoy's defaults.
+    pub const RING_HASH: LbPolicy = LbPolicy::RingHash {
+        minimum_ring_size: 1024,
+        maximum_ring_size: 8 * 1024 * 1024,
+    };
 }
 
 /// One endpoint of a cluster.

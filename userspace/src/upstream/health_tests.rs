@@ -331,7 +331,10 @@ async fn tcp_check_with_send_and_receive() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let extra = r#"    health_checks:
+    // 1 healthy host of 4 is below the 50% panic threshold, where Envoy balances over
+    // every host: no panic here, so that only the healthy host is picked.
+    let extra = r#"    common_lb_config: {healthy_panic_threshold: {value: 0}}
+    health_checks:
     - timeout: 0.3s
       interval: 0.1s
       no_traffic_interval: 0.1s

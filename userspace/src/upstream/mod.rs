@@ -26,6 +26,7 @@
 //! `TCP_NODELAY`, and is bounded by the cluster's `connect_timeout`. Stats use
 //! Envoy's names under `cluster.<name>.`.
 
+mod discovery;
 pub mod hash;
 pub mod health;
 #[cfg(test)]
@@ -34,11 +35,13 @@ mod host;
 mod lb;
 pub mod outlier;
 mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -49,8 +52,10 @@ use crate::http::body::Body;
 use crate::model::{self, LbPolicy, UpstreamProtocol};
 use crate::observe::stats::{self, Counter, Gauge};
 
+pub use discovery::DnsError;
 pub use host::{HealthFlags, Host, HostStats};
 pub(crate) use lb::{fast_random, fast_random_pair};
+pub use lb::{HostLocalities, LbStats};
 
 /// Why a request could not be sent upstream or got no response headers.
 #[derive(Debug, thiserror::Error)]
@@ -127,17 +132,52 @@ impl UpstreamError {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     clusters: HashMap<String, Arc<ClusterUpstream>>,
+    /// Service discovery tasks (DNS, ORIGINAL_DST cleanup), aborted on drop.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Upstreams {
-    /// Builds pools and pickers for `clusters` (no connection is made yet).
+    /// Builds pools and pickers for `clusters` (no connection is made yet). Inside a
+    /// tokio runtime this also starts service discovery (DNS resolution, ORIGINAL_DST
+    /// cleanup) on it, in the background; outside one, call [`Upstreams::start`].
     pub fn new(clusters: &[model::Cluster]) -> Upstreams {
-        Upstreams {
+        let mut upstreams = Upstreams {
             clusters: clusters
                 .iter()
                 .map(|c| (c.name.clone(), Arc::new(ClusterUpstream::new(c))))
                 .collect(),
+            tasks: Vec::new(),
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            upstreams.start(&runtime, clusters);
         }
+        upstreams
+    }
+
+    /// Starts the service discovery of `clusters` (the ones given to `new`) on
+    /// `runtime`; does nothing if it already runs.
+    pub fn start(&mut self, runtime: &tokio::runtime::Handle, clusters: &[model::Cluster]) {
+        if !self.tasks.is_empty() {
+            return;
+        }
+        for cluster in clusters {
+            if let Some(upstream) = self.clusters.get(&cluster.name) {
+                self.tasks
+                    .extend(discovery::start(runtime, upstream, cluster));
+            }
+        }
+    }
+
+    /// Waits until every cluster has its first hosts (a DNS cluster's first
+    /// resolution, successful or not), at most `limit`; returns whether all have.
+    /// Envoy likewise serves only once its static clusters are initialized.
+    pub async fn initialized(&self, limit: Duration) -> bool {
+        let all = async {
+            for cluster in self.clusters.values() {
+                cluster.initialized().await;
+            }
+        };
+        tokio::time::timeout(limit, all).await.is_ok()
     }
 
     /// The cluster called `name`.
@@ -152,6 +192,14 @@ impl Upstreams {
     }
 }
 
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// One cluster: its current hosts with their picker, and its stats.
 #[derive(Debug)]
 pub struct ClusterUpstream {
@@ -159,11 +207,21 @@ pub struct ClusterUpstream {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     lb_policy: LbPolicy,
+    /// What the pickers are built from.
+    lb_settings: lb::LbSettings,
     /// The hosts and the picker over them; replaced whole when the hosts or their
     /// health change (requests keep the set they loaded).
     hosts: ArcSwap<HostSet>,
+    /// Serializes the writers of `hosts` (discovery, health changes).
+    update: Mutex<()>,
+    /// ORIGINAL_DST settings.
+    original_dst: Option<model::OriginalDst>,
+    /// Set once the cluster has its first hosts.
+    initialized: tokio::sync::watch::Sender<bool>,
     /// `cluster.<name>.*` stats.
     pub stats: ClusterStats,
+    /// `cluster.<name>.` membership and `lb_healthy_panic` stats.
+    pub lb_stats: Arc<LbStats>,
     /// Active health checking and outlier detection, where configured.
     pub health: health::ClusterHealth,
 }
@@ -171,15 +229,25 @@ pub struct ClusterUpstream {
 /// A cluster's hosts and the load balancer built over them.
 #[derive(Debug)]
 pub struct HostSet {
-    /// Every host, healthy or not, in configuration order.
+    /// Every host, healthy or not, in configuration (or discovery) order.
     pub hosts: Vec<Arc<Host>>,
+    /// The locality of each host.
+    pub localities: Arc<HostLocalities>,
     lb: lb::LoadBalancer,
 }
 
 impl HostSet {
-    fn new(policy: LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
-        let lb = lb::LoadBalancer::new(policy, &hosts);
-        HostSet { hosts, lb }
+    fn new(
+        settings: &lb::LbSettings,
+        hosts: Vec<Arc<Host>>,
+        localities: Arc<HostLocalities>,
+    ) -> HostSet {
+        let lb = lb::LoadBalancer::build(settings, &hosts, &localities);
+        HostSet {
+            hosts,
+            localities,
+            lb,
+        }
     }
 }
 
@@ -195,6 +263,9 @@ pub struct PickContext<'a> {
     /// Picks made again when a pick lands on a previous host
     /// (`host_selection_retry_max_attempts`).
     pub reselect_attempts: u32,
+    /// For an ORIGINAL_DST cluster: the request's original destination (see
+    /// [`ClusterUpstream::original_destination`]).
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// How one request to a host ended, for the host's counters and outlier detection.
@@ -221,21 +292,88 @@ pub enum WireProtocol {
 
 impl ClusterUpstream {
     fn new(cluster: &model::Cluster) -> ClusterUpstream {
-        let hosts: Vec<Arc<Host>> = cluster
-            .endpoints
-            .iter()
-            .map(|e| Arc::new(Host::new(e.address, e.weight, 0)))
-            .collect();
+        // The IP endpoints are hosts from the start; names are resolved by discovery.
+        let mut hosts = Vec::new();
+        let mut localities = HostLocalities::default();
+        for (index, locality) in cluster.effective_localities().iter().enumerate() {
+            localities.weights.push(locality.weight.unwrap_or(0));
+            for endpoint in &locality.endpoints {
+                if let model::EndpointAddress::Socket(address) = endpoint.address {
+                    hosts.push(Arc::new(Host::new(
+                        address,
+                        endpoint.weight,
+                        locality.priority,
+                    )));
+                    localities.of_host.push(index as u32);
+                }
+            }
+        }
         let health = health::ClusterHealth::new(cluster, &hosts);
+        let lb_stats = Arc::new(LbStats::new(&cluster.name));
+        let lb_settings = lb::LbSettings {
+            policy: cluster.lb_policy,
+            common: cluster.common_lb,
+            overprovisioning_factor: cluster.overprovisioning_factor,
+            stats: Some(Arc::clone(&lb_stats)),
+        };
+        let discovered = matches!(
+            cluster.discovery,
+            model::Discovery::StrictDns(_) | model::Discovery::LogicalDns(_)
+        );
         ClusterUpstream {
             name: cluster.name.clone(),
             protocol: cluster.upstream_protocol,
             connect_timeout: cluster.connect_timeout,
             lb_policy: cluster.lb_policy,
-            hosts: ArcSwap::from_pointee(HostSet::new(cluster.lb_policy, hosts)),
+            hosts: ArcSwap::from_pointee(HostSet::new(&lb_settings, hosts, Arc::new(localities))),
+            lb_settings,
+            update: Mutex::new(()),
+            original_dst: match &cluster.discovery {
+                model::Discovery::OriginalDst(settings) => Some(settings.clone()),
+                _ => None,
+            },
+            initialized: tokio::sync::watch::Sender::new(!discovered),
             stats: ClusterStats::new(&cluster.name),
+            lb_stats,
             health,
         }
+    }
+
+    /// The cluster's `connect_timeout`.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The cluster's load-balancing policy.
+    pub fn lb_policy(&self) -> LbPolicy {
+        self.lb_policy
+    }
+
+    /// Waits until the cluster has its first hosts (immediately but for DNS clusters,
+    /// whose first resolution, successful or not, initializes them).
+    pub async fn initialized(&self) {
+        let mut watch = self.initialized.subscribe();
+        let _ = watch.wait_for(|done| *done).await;
+    }
+
+    /// Marks the cluster initialized (its first discovery round completed).
+    fn mark_initialized(&self) {
+        self.initialized.send_replace(true);
+    }
+
+    /// For an ORIGINAL_DST cluster, the destination of a request: the
+    /// `original_dst_lb_config` header when `use_http_header` is set and the header
+    /// holds an `ip:port`, otherwise the downstream connection's local address (the
+    /// original destination of a redirected connection); `None` for other clusters or
+    /// an invalid header. `upstream_port_override` replaces the port.
+    #[inline]
+    pub fn original_destination(
+        &self,
+        headers: &http::HeaderMap,
+        downstream_local: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let settings = self.original_dst.as_ref()?;
+        discovery::original_destination(settings, headers, downstream_local)
     }
 
     /// The cluster's name.
@@ -248,19 +386,34 @@ impl ClusterUpstream {
         self.hosts.load()
     }
 
-    /// Publishes a new list of hosts (service discovery): the picker is rebuilt off
-    /// the request path and swapped in whole.
+    /// Publishes a new list of hosts (service discovery), all in one locality: the
+    /// picker is rebuilt off the request path and swapped in whole.
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        self.set_hosts_in_localities(hosts, HostLocalities::default());
+    }
+
+    /// Publishes a new list of hosts with their localities (service discovery).
+    pub fn set_hosts_in_localities(&self, hosts: Vec<Arc<Host>>, localities: HostLocalities) {
+        let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
         self.health.adopt(&self.hosts.load().hosts, &hosts);
-        self.hosts
-            .store(Arc::new(HostSet::new(self.lb_policy, hosts)));
+        self.hosts.store(Arc::new(HostSet::new(
+            &self.lb_settings,
+            hosts,
+            Arc::new(localities),
+        )));
     }
 
     /// A host's health changed (health checking, outlier detection): rebuilds the
     /// picker over the same hosts.
     pub fn health_changed(&self) {
-        let hosts = self.hosts.load().hosts.clone();
-        self.set_hosts(hosts);
+        let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.hosts.load();
+        let rebuilt = HostSet::new(
+            &self.lb_settings,
+            current.hosts.clone(),
+            Arc::clone(&current.localities),
+        );
+        self.hosts.store(Arc::new(rebuilt));
     }
 
     /// Records how a request to `host` ended: the host's counters (and, where
@@ -293,13 +446,37 @@ impl ClusterUpstream {
         }
     }
 
-    /// Picks a host for the next request.
+    /// Picks a host for the next request. For an ORIGINAL_DST cluster, a destination
+    /// seen for the first time gets its host here.
     #[inline]
     pub fn pick(&self, context: &PickContext<'_>) -> Option<Arc<Host>> {
         let set = self.hosts.load();
-        set.lb
-            .pick(&set.hosts, context)
-            .map(|i| Arc::clone(&set.hosts[i]))
+        match set.lb.pick(&set.hosts, context) {
+            Some(i) => Some(Arc::clone(&set.hosts[i])),
+            None if self.original_dst.is_some() => {
+                self.add_original_dst_host(context.original_dst?)
+            }
+            None => None,
+        }
+    }
+
+    /// Adds the host for a new original destination (a rare, locked path).
+    #[cold]
+    fn add_original_dst_host(&self, address: SocketAddr) -> Option<Arc<Host>> {
+        let _writer = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.hosts.load();
+        if let Some(host) = current.hosts.iter().find(|h| h.address == address) {
+            return Some(Arc::clone(host));
+        }
+        let host = Arc::new(Host::new(address, 1, 0));
+        let mut hosts = current.hosts.clone();
+        hosts.push(Arc::clone(&host));
+        self.hosts.store(Arc::new(HostSet::new(
+            &self.lb_settings,
+            hosts,
+            Arc::clone(&current.localities),
+        )));
+        Some(host)
     }
 
     /// Sends `request` to `host` and waits for the response headers. The request's

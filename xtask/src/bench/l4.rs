@@ -129,12 +129,10 @@ struct Samples {
 /// Runs the scenario.
 pub fn run(ctx: &Context) -> Result<()> {
     let settings = Settings::new(ctx.quick);
-    let dir = ctx.out_dir.join("l4");
+    let stem = super::http::result_stem("l4", ctx.quick);
+    let dir = ctx.out_dir.join(&stem);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let envoy = peers::ensure_envoy();
-    if let Err(reason) = &envoy {
-        println!("[bench] Envoy is optional and will be skipped: {reason}");
-    }
+    let envoy = ctx.envoy.clone();
 
     let load_before = report::load_average()?;
     let watch_started = CpuTimes::now()?;
@@ -214,7 +212,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     println!("\n{table}\n{notes}");
     std::fs::write(dir.with_extension("md"), format!("{table}\n{notes}"))
         .with_context(|| format!("writing {}", dir.with_extension("md").display()))?;
-    let json_path = ctx.out_dir.join("l4.json");
+    let json_path = ctx.out_dir.join(format!("{stem}.json"));
     report::write_json(
         &json_path,
         &results.to_json(ctx.quick, envoy.as_ref().err())?,

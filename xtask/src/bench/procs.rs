@@ -98,6 +98,12 @@ impl Service {
         })
     }
 
+    /// Its process id (the proxy itself: `setpriv`, `taskset` and `ip netns exec`
+    /// each exec the next program).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.name

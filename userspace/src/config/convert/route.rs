@@ -794,7 +794,7 @@ fn forward(
             .as_ref()
             .map(|p| retry_policy(p, &join(path, "retry_policy")))
             .transpose()?,
-        hash_policy: Vec::new(),
+        hash_policy: hash_policies(&action.hash_policy, &join(path, "hash_policy"))?,
     })
 }
 
@@ -813,6 +813,96 @@ fn cluster_not_found_status(value: i32, path: &str) -> Result<u16> {
             ),
         )),
     }
+}
+
+/// A route's `hash_policy` list: header, cookie and source IP.
+fn hash_policies(
+    policies: &[route::route_action::HashPolicy],
+    path: &str,
+) -> Result<Vec<m::HashPolicy>> {
+    use route::route_action::hash_policy::PolicySpecifier as P;
+    let mut out = Vec::with_capacity(policies.len());
+    for (i, policy) in policies.iter().enumerate() {
+        let item = index(path, i);
+        let source = match &policy.policy_specifier {
+            Some(P::Header(header)) => {
+                let name_path = join(&item, "header.header_name");
+                if header.header_name.is_empty() {
+                    return Err(ConfigError::field(
+                        name_path,
+                        "missing; name a request header",
+                    ));
+                }
+                let name = if header.header_name.eq_ignore_ascii_case(":authority") {
+                    "host".to_owned()
+                } else if header.header_name.starts_with(':') {
+                    return Err(ConfigError::field(
+                        name_path,
+                        "keel hashes regular headers and :authority only",
+                    ));
+                } else {
+                    regular_header_name(&header.header_name.to_ascii_lowercase(), &name_path)?
+                };
+                m::HashSource::Header(
+                    ::http::HeaderName::from_bytes(name.as_bytes())
+                        .expect("checked by regular_header_name"),
+                )
+            }
+            Some(P::Cookie(cookie)) => {
+                let cookie_path = join(&item, "cookie");
+                if cookie.name.is_empty()
+                    || !cookie.name.bytes().all(|b| is_token_byte(b) && b != b'=')
+                {
+                    return Err(ConfigError::field(
+                        join(&cookie_path, "name"),
+                        format!("\"{}\" is not a cookie name (a token)", cookie.name),
+                    ));
+                }
+                let path_value = if cookie.path.is_empty() {
+                    None
+                } else {
+                    header_value(&cookie.path, &join(&cookie_path, "path"))?;
+                    if cookie.path.contains(';') || cookie.path.contains('"') {
+                        return Err(ConfigError::field(
+                            join(&cookie_path, "path"),
+                            "must not contain ';' or '\"'",
+                        ));
+                    }
+                    Some(cookie.path.clone())
+                };
+                m::HashSource::Cookie {
+                    name: cookie.name.clone(),
+                    ttl: cookie
+                        .ttl
+                        .as_ref()
+                        .map(|d| duration(d, &join(&cookie_path, "ttl")))
+                        .transpose()?,
+                    path: path_value,
+                }
+            }
+            Some(P::ConnectionProperties(properties)) => {
+                if !properties.source_ip {
+                    return Err(ConfigError::field(
+                        join(&item, "connection_properties.source_ip"),
+                        "must be true (otherwise the policy hashes nothing)",
+                    ));
+                }
+                m::HashSource::SourceIp
+            }
+            // The supported-field check rejects the other policies first.
+            Some(_) | None => {
+                return Err(ConfigError::field(
+                    &item,
+                    "missing the policy; set header, cookie or connection_properties",
+                ))
+            }
+        };
+        out.push(m::HashPolicy {
+            source,
+            terminal: policy.terminal,
+        });
+    }
+    Ok(out)
 }
 
 /// `RouteAction.max_stream_duration`.
