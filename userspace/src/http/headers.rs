@@ -9,12 +9,19 @@
 //!   address is read `xff_num_trusted_hops` from the right;
 //! - `x-forwarded-proto`: set to the connection's scheme when absent, and overwritten
 //!   when the previous hop is not trusted (`use_remote_address` with 0 trusted hops);
-//! - requests are "external" (Envoy ≥ 1.33's default `internal_address_config`
-//!   trusts no address), so `x-envoy-*` control headers a client sent
-//!   (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, ...) are removed, and at
-//!   the edge (`use_remote_address`) `x-envoy-external-address` is set;
-//! - `x-request-id`: a UUIDv4 when absent, and always at the edge
-//!   (`preserve_external_request_id` is false by default);
+//! - a request is internal when, after the append, `x-forwarded-for` holds one
+//!   address (with `use_remote_address`: the client sent none) and that address is in
+//!   `internal_address_config.cidr_ranges` (empty by default: Envoy ≥ 1.33 trusts no
+//!   address); it gets `x-envoy-internal: true` and keeps its `x-envoy-*` headers;
+//! - an external request loses the `x-envoy-*` control headers a client sent
+//!   (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, ...) and the route table's
+//!   `internal_only_headers`; at the edge (`use_remote_address`, external) also the
+//!   downstream-service and decorator headers, and `x-envoy-external-address` is set;
+//! - `skip_xff_append`: the peer is not appended (it is still the client address);
+//!   `add_user_agent`: `x-envoy-downstream-service-cluster` / `-node` and `user-agent`
+//!   when absent; `via`: appended to requests and (in `request`) responses;
+//! - `x-request-id`: a UUIDv4 when absent, and always at the edge unless
+//!   `preserve_external_request_id`;
 //! - responses: hop-by-hop headers removed, `server` per
 //!   `server_header_transformation`.
 //!

@@ -55,7 +55,17 @@
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
 //! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no
-//!   TLS (the scheme is always `http`).
+//!   TLS (the scheme is always `http`, so `require_tls` redirects every request it
+//!   covers);
+//! - `delayed_close_timeout` is accepted and not applied: Envoy waits that long for the
+//!   peer to close after a reply that closes the connection (so that the reply is not
+//!   lost to a reset); keel's hyper flushes the reply and closes, which no client can
+//!   tell apart;
+//! - `local_reply_config` formats read the request headers the stream keeps (as for
+//!   access logs), so a reply made before the request's headers were processed (e.g.
+//!   426 to HTTP/1.0, too many headers) formats without them;
+//! - `x-envoy-*` control headers of an internal request (`internal_address_config`)
+//!   are forwarded, not consumed by the router as Envoy's does.
 
 pub mod body;
 pub mod filter;
