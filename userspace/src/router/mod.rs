@@ -40,8 +40,8 @@ use crate::observe::StreamInfo;
 use headers::{CompiledMutations, Target};
 use matcher::{CompiledMatch, RequestView};
 
-/// Route-configuration options the model does not carry yet (Envoy
-/// `RouteConfiguration` fields); all default to Envoy's defaults.
+/// Route-configuration options (Envoy `RouteConfiguration` fields, from the model's
+/// `RouteConfigOptions`); all default to Envoy's defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteTableOptions {
     /// `ignore_port_in_host_matching`: match domains on the host without its `:port`.

@@ -6,6 +6,12 @@
 //! true, `stream_idle_timeout` 5 minutes, `drain_timeout` 5 s, connection
 //! `idle_timeout` 1 hour, `max_headers_count` 100, `max_request_headers_kb` 60, and for
 //! HTTP/2 1024 concurrent streams, a 16 MiB stream window and a 24 MiB connection window.
+//!
+//! The less common settings go to [`m::HcmOptions`] (all off by default); Envoy's checks
+//! apply: `strip_matching_host_port` and `strip_any_host_port` exclude each other,
+//! `default_host_for_http_10` needs `accept_http_10`, `via` is a valid header value.
+//! `add_user_agent` takes the node's identity, which `convert::bootstrap` fills in;
+//! `local_reply_config` is converted by `local_reply`.
 
 use std::collections::HashMap;
 use std::time::Duration;

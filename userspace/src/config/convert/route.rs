@@ -4,12 +4,14 @@
 //!
 //! The checks are Envoy's: a domain is used once across the route table and `*` at most
 //! once; a wildcard only leads or ends a domain; a route has exactly one action; the
-//! clusters a route names exist (an inline route table validates its clusters in Envoy);
-//! `prefix_rewrite` and `regex_rewrite` exclude each other; a direct response's status is
-//! 200 to 599 and its body at most 4 KiB; headers starting with `:` and `host` cannot be
-//! added or removed. Regexes are compiled here, once: path and value matchers must match
-//! the whole input (Envoy's RE2 full match), so they are anchored; rewrite patterns are
-//! not.
+//! clusters a route names exist (an inline route table validates its clusters in Envoy,
+//! unless `validate_clusters: false`); `prefix_rewrite` and `regex_rewrite` exclude each
+//! other; a direct response's status is 200 to 599 and its body at most
+//! `max_direct_response_body_size_bytes` (default 4 KiB); headers starting with `:` and
+//! `host` cannot be added or removed; a virtual cluster has a unique name and at least one
+//! header matcher; a decorator names its operation. Regexes are compiled here, once: path
+//! and value matchers must match the whole input (Envoy's RE2 full match), so they are
+//! anchored; rewrite patterns (`regex_rewrite`, `host_rewrite_path_regex`) are not.
 
 use std::collections::HashMap;
 use std::time::Duration;
