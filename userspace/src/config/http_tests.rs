@@ -1202,8 +1202,13 @@ fn connection_manager_rejections() {
             "give 200 to 599",
         ),
         (
-            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {header_filter: {header: {name: x}}}}]}\nHTTP_FILTERS",
-            "local_reply_config.mappers[0].filter.header_filter",
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {header_filter: {header: {name: \":path\"}}}}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].filter.header_filter.header.name",
+            "reads regular request headers",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {response_flag_filter: {}}}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].filter.response_flag_filter",
             "field not supported by keel",
         ),
         (

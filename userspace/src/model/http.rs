@@ -694,11 +694,27 @@ pub enum AccessLogFilter {
     Duration(Comparison),
     /// `not_health_check_filter`.
     NotHealthCheck,
+    /// `header_filter`: a request header (a regular one; keel keeps no pseudo-headers
+    /// for logging).
+    Header(HeaderFilter),
     /// `and_filter`.
     And(Vec<AccessLogFilter>),
     /// `or_filter`.
     Or(Vec<AccessLogFilter>),
 }
+
+/// `header_filter.header`.
+#[derive(Debug, Clone)]
+pub struct HeaderFilter(pub HeaderMatcher);
+
+impl PartialEq for HeaderFilter {
+    fn eq(&self, other: &HeaderFilter) -> bool {
+        // Regexes compare by their pattern, which Debug shows.
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for HeaderFilter {}
 
 /// `ComparisonFilter` with its runtime default value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

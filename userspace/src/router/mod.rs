@@ -28,6 +28,7 @@ use std::collections::HashMap;
 
 pub use headers::HeaderMutationError;
 pub(crate) use matcher::authority as request_authority;
+pub(crate) use matcher::string_matches;
 pub(crate) use rewrite::regex_crate_substitution;
 pub use rewrite::{
     apply_path_rewrite, choose_cluster, redirect_location, rewrite_path, RedirectTarget,

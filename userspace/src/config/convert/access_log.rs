@@ -230,6 +230,26 @@ pub(super) fn access_log_filter(
             &join(&join(path, "duration_filter"), "comparison"),
         )?),
         Some(F::NotHealthCheckFilter(_)) => m::AccessLogFilter::NotHealthCheck,
+        Some(F::HeaderFilter(f)) => {
+            let header_path = join(&join(path, "header_filter"), "header");
+            let Some(header) = &f.header else {
+                return Err(ConfigError::field(
+                    header_path,
+                    "missing; give the header matcher, e.g. {name: x-debug, present_match: true}",
+                ));
+            };
+            let matcher = super::route::header_matcher(header, &header_path)?;
+            if matcher.name.starts_with(':') {
+                return Err(ConfigError::field(
+                    join(&header_path, "name"),
+                    format!(
+                        "keel's header_filter reads regular request headers, not {}",
+                        matcher.name
+                    ),
+                ));
+            }
+            m::AccessLogFilter::Header(m::HeaderFilter(matcher))
+        }
         Some(F::AndFilter(f)) => m::AccessLogFilter::And(filters(
             &f.filters,
             &join(&join(path, "and_filter"), "filters"),
@@ -249,7 +269,7 @@ pub(super) fn access_log_filter(
             return Err(ConfigError::field(
                 path,
                 "missing the filter; set one of status_code_filter, duration_filter, \
-                 not_health_check_filter, and_filter or or_filter",
+                 not_health_check_filter, header_filter, and_filter or or_filter",
             ))
         }
     })

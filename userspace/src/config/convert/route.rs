@@ -435,7 +435,7 @@ fn separated_prefix(prefix: &str, path: &str) -> Result<()> {
 
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<m::HeaderMatcher> {
+pub(super) fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<m::HeaderMatcher> {
     use route::header_matcher::HeaderMatchSpecifier as S;
 
     let name = matcher_header_name(&h.name, &join(path, "name"))?;
