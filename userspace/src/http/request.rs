@@ -99,6 +99,19 @@ impl Connection {
         let info = StreamInfo::new(self.peer, self.local, protocol_name(parts.version));
         let mut stream = StreamGuard::new(Arc::clone(&self), info, hcm.logs());
         stream.head_request = parts.method == Method::HEAD;
+        if parts.version == Version::HTTP_10 {
+            stream.http10_keep_alive = Some(
+                parts
+                    .headers
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .any(|v| {
+                        v.as_bytes()
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+                    }),
+            );
+        }
         let mut meta = RequestMeta {
             grpc: false,
             http1,
@@ -483,11 +496,21 @@ impl Connection {
         if let Some(id) = stream.response_request_id.take() {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
-        if stream.info.protocol == "HTTP/1.0" {
-            // Envoy answers HTTP/1.0 with `connection: close` (no keep-alive).
+        if let Some(keep_alive) = stream.http10_keep_alive {
+            // Envoy answers HTTP/1.0 with `connection: keep-alive` when asked, else
+            // `connection: close` (a reply that closes anyway stays closing).
+            let close = response
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v == "close");
+            let value = if keep_alive && !close {
+                "keep-alive"
+            } else {
+                "close"
+            };
             response.headers_mut().insert(
                 http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
+                http::HeaderValue::from_static(value),
             );
         }
         let code = response.status().as_u16();

@@ -243,6 +243,8 @@ pub(crate) struct ActiveStream {
     pub response_request_id: Option<http::HeaderValue>,
     /// The virtual cluster counting this request: (virtual host, virtual cluster).
     pub virtual_cluster: Option<(usize, usize)>,
+    /// An HTTP/1.0 request: whether it asked for keep-alive.
+    pub http10_keep_alive: Option<bool>,
 }
 
 impl ActiveStream {
@@ -354,6 +356,7 @@ impl StreamGuard {
             head_request: false,
             response_request_id: None,
             virtual_cluster: None,
+            http10_keep_alive: None,
         })))
     }
 
