@@ -151,6 +151,7 @@ fn load_bootstrap(cli: &Cli) -> anyhow::Result<Bootstrap> {
         (None, Some(yaml)) => config::load_str(yaml, config::Format::Yaml),
         (None, None) => bail!("no configuration: pass -c FILE or --config-yaml YAML"),
     };
+    config::release_descriptor_pool();
     if cli.mode == Mode::Validate {
         if let Err(e) = &bootstrap {
             eprintln!("{e}");

@@ -16,6 +16,7 @@
 //! protocol options), `route` (the route table) and `access_log`.
 
 mod access_log;
+mod breakers;
 mod clusters;
 mod hcm;
 mod health;

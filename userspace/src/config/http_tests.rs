@@ -9,14 +9,15 @@ use super::*;
 use crate::model::http::{
     AccessLog, AccessLogFilter, AccessLogFormat, AccessLogSink, AppendAction, ClusterSpecifier,
     Codec, Comparison, ComparisonOp, HeaderValueOption, HostRewrite, Http2Options,
-    HttpConnectionManager, HttpFilter, HttpTimeouts, PathMatch, RetryPolicy, Route, RouteAction,
-    ServerHeader, StringMatchKind, StringMatcher, UnderscoreAction, ValueMatch,
+    HttpConnectionManager, HttpFilter, HttpTimeouts, PathMatch, RetryOn, RetryPolicy, Route,
+    RouteAction, ServerHeader, StringMatchKind, StringMatcher, UnderscoreAction, ValueMatch,
     DEFAULT_ACCESS_LOG_FORMAT,
 };
 use crate::model::{Bootstrap, NetworkFilter, UpstreamProtocol};
 
 /// Path of the connection manager in [`with_hcm`] configs.
-const HCM: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+pub(super) const HCM: &str =
+    "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
 
 /// The clusters every test config defines: `app`, `app-v2` and `grpc` (HTTP/2).
 const CLUSTERS: &str = r#"
@@ -38,7 +39,7 @@ const CLUSTERS: &str = r#"
 
 /// A bootstrap with one listener whose only filter is a connection manager with the
 /// settings `body` (YAML at column 0), and the clusters of [`CLUSTERS`].
-fn with_hcm(body: &str) -> String {
+pub(super) fn with_hcm(body: &str) -> String {
     let mut yaml = String::from(
         r#"
 static_resources:
@@ -63,7 +64,7 @@ static_resources:
 
 /// A connection manager with one virtual host for any domain holding `routes` (YAML
 /// list items at column 0) and the router.
-fn with_routes(routes: &str) -> String {
+pub(super) fn with_routes(routes: &str) -> String {
     let mut body = String::from(
         "stat_prefix: ingress\nhttp_filters:\n- name: envoy.filters.http.router\n\
          route_config:\n  virtual_hosts:\n  - name: any\n    domains: [\"*\"]\n    routes:\n",
@@ -77,17 +78,17 @@ fn with_routes(routes: &str) -> String {
 }
 
 /// Path of route `i` in [`with_routes`] configs.
-fn route_path(i: usize) -> String {
+pub(super) fn route_path(i: usize) -> String {
     format!("{HCM}.route_config.virtual_hosts[0].routes[{i}]")
 }
 
-fn load(yaml: &str) -> Bootstrap {
+pub(super) fn load(yaml: &str) -> Bootstrap {
     load_str(yaml, Format::Yaml)
         .unwrap_or_else(|e| panic!("expected the config to load, got: {e}\n{yaml}"))
 }
 
 /// Loads `yaml`, expects an error, and checks it names `path` and says `what`.
-fn expect_error(yaml: &str, path: &str, what: &str) -> String {
+pub(super) fn expect_error(yaml: &str, path: &str, what: &str) -> String {
     let error = match load_str(yaml, Format::Yaml) {
         Ok(_) => panic!("expected an error at {path}, but the config loaded\n{yaml}"),
         Err(e) => e.to_string(),
@@ -111,7 +112,7 @@ fn hcm_of(model: &Bootstrap) -> &HttpConnectionManager {
     }
 }
 
-fn forward(route: &Route) -> &crate::model::http::ForwardAction {
+pub(super) fn forward(route: &Route) -> &crate::model::http::ForwardAction {
     match &route.action {
         RouteAction::Forward(forward) => forward,
         other => panic!(
@@ -581,6 +582,8 @@ fn gateway_config_converts_to_the_model() {
             num_retries: 3,
             per_try_timeout: Some(Duration::from_secs(2)),
             retriable_status_codes: vec![],
+            conditions: RetryOn(RetryOn::GRPC_UNAVAILABLE | RetryOn::GRPC_CANCELLED),
+            ..RetryPolicy::default()
         })
     );
 
@@ -835,6 +838,8 @@ route_config:
             num_retries: 1,
             per_try_timeout: None,
             retriable_status_codes: vec![503, 504],
+            conditions: RetryOn(RetryOn::FIVE_XX),
+            ..RetryPolicy::default()
         }),
         "num_retries defaults to 1"
     );
@@ -1450,10 +1455,10 @@ fn cluster_protocol_option_rejections() {
     let cluster = "static_resources.clusters[1]";
     expect_error(
         &options(
-            "        explicit_http_config: {http2_protocol_options: {max_concurrent_streams: 10}}\n",
+            "        explicit_http_config: {http2_protocol_options: {initial_stream_window_size: 65535}}\n",
             key,
         ),
-        &format!("{cluster}.typed_extension_protocol_options.{key}.explicit_http_config.http2_protocol_options.max_concurrent_streams"),
+        &format!("{cluster}.typed_extension_protocol_options.{key}.explicit_http_config.http2_protocol_options.initial_stream_window_size"),
         "not supported yet",
     );
     expect_error(

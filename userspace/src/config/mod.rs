@@ -31,11 +31,13 @@ pub mod supported;
 #[cfg(test)]
 mod http_tests;
 #[cfg(test)]
+mod resilience_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Mutex, PoisonError};
 
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
@@ -51,19 +53,32 @@ pub mod keel_v1 {
 /// The descriptor set compiled by build.rs: Envoy's v3 API plus `proto/keel`.
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(DESCRIPTORS)
-        .expect("descriptors.bin, written by build.rs, is a valid FileDescriptorSet")
-});
+/// The decoded descriptors while configuration is being read; `None` after
+/// [`release_descriptor_pool`].
+static POOL: Mutex<Option<DescriptorPool>> = Mutex::new(None);
 
 /// Full name of the bootstrap message.
 const BOOTSTRAP: &str = "envoy.config.bootstrap.v3.Bootstrap";
 
 /// The protobuf descriptors keel reads configuration with: Envoy's v3 API (bootstrap,
 /// listeners, clusters and the extensions keel knows) and keel's own `keel.v1` messages.
-/// Decoded once, on first use.
-pub fn descriptor_pool() -> &'static DescriptorPool {
-    &POOL
+/// Decoded on first use and kept until [`release_descriptor_pool`]; a clone is a
+/// reference count.
+pub fn descriptor_pool() -> DescriptorPool {
+    POOL.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(|| {
+            DescriptorPool::decode(DESCRIPTORS)
+                .expect("descriptors.bin, written by build.rs, is a valid FileDescriptorSet")
+        })
+        .clone()
+}
+
+/// Frees the decoded descriptors (about 10 MB of heap for Envoy's API) once the
+/// configuration is loaded: a running keel does not read protobuf again until the
+/// next configuration, which decodes them anew (a few milliseconds).
+pub fn release_descriptor_pool() {
+    *POOL.lock().unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// The syntax of a configuration text.

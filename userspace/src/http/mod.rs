@@ -11,6 +11,8 @@
 //! - `proxy`: the router's forward: cluster and endpoint, rewrites, upstream
 //!   request and timeouts, request mirroring; `upgrade`: upgraded (websocket)
 //!   streams spliced, with their idle timeout and access log;
+//! - `retry`: the retry state of a request (Envoy's decisions, back-off) and the
+//!   request body kept for replays;
 //! - [`filter`]: the [`HttpFilter`](filter::HttpFilter) interface and chain;
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
 //!   response body (stats, pool release, access logs);
@@ -54,18 +56,16 @@
 //!   sets `grpc_timeout_header_max`; such a route's `timeout` is not applied;
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
-//! - no retries (`retry_policy`), no CONNECT / extended CONNECT (answered 403), no
-//!   TLS (the scheme is always `http`, so `require_tls` redirects every request it
-//!   covers);
+//! - no retry hedging or `retry_priority`; no CONNECT / extended
+//!   CONNECT (answered 403), no TLS (the scheme is always `http`, so
+//!   `require_tls` redirects every request it covers);
 //! - `delayed_close_timeout` is accepted and not applied: Envoy waits that long for the
 //!   peer to close after a reply that closes the connection (so that the reply is not
 //!   lost to a reset); keel's hyper flushes the reply and closes, which no client can
 //!   tell apart;
 //! - `local_reply_config` formats read the request headers the stream keeps (as for
 //!   access logs), so a reply made before the request's headers were processed (e.g.
-//!   426 to HTTP/1.0, too many headers) formats without them;
-//! - `x-envoy-*` control headers of an internal request (`internal_address_config`)
-//!   are forwarded, not consumed by the router as Envoy's does.
+//!   426 to HTTP/1.0, too many headers) formats without them.
 
 pub mod body;
 pub mod filter;
@@ -73,6 +73,9 @@ mod headers;
 pub mod local_reply;
 mod proxy;
 mod request;
+mod retry;
+#[cfg(test)]
+mod retry_tests;
 mod stats;
 mod stream;
 #[cfg(test)]
@@ -232,9 +235,18 @@ impl ConnectionManager {
                     .iter()
                     .map(|route| RouteExtras {
                         expected_timeout: match &route.action {
-                            RouteAction::Forward(forward) => forward
-                                .timeout
-                                .map(|t| headers::configured_millis_value(t.as_millis() as u64)),
+                            // Envoy's: the per-try timeout when it is the shorter one.
+                            RouteAction::Forward(forward) => {
+                                let per_try = forward
+                                    .retry_policy
+                                    .as_ref()
+                                    .and_then(|p| p.per_try_timeout);
+                                match (forward.timeout, per_try) {
+                                    (Some(global), Some(per_try)) => Some(global.min(per_try)),
+                                    (global, per_try) => global.or(per_try),
+                                }
+                                .map(|t| headers::configured_millis_value(t.as_millis() as u64))
+                            }
                             _ => None,
                         },
                         response_reads_request: route_level_reads

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -17,6 +18,10 @@ use super::body::{Body, BodyError, MirrorBody, MirrorFrame, TrackedRequest};
 use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTREAM_SERVICE_TIME};
 use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
+use super::retry::{
+    Decision, Failure, RequestBuffer, RetryState, DEFAULT_BUFFER_LIMIT, X_ENVOY_ATTEMPT_COUNT,
+    X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+};
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
 use crate::model::http::{ForwardAction, HostRewrite, RouteStreamDuration};
@@ -24,7 +29,7 @@ use crate::observe::format::FormatContext;
 use crate::router::{Selected, ORIGINAL_PATH_HEADER};
 use crate::upstream::hash::{request_hash_for_connection, RequestHash};
 use crate::upstream::{
-    fast_random, ClusterUpstream, Outcome, PickContext, UpstreamError, WireProtocol,
+    fast_random, ClusterUpstream, Host, Outcome, PickContext, UpstreamError, WireProtocol,
 };
 
 /// gRPC's deadline header.
@@ -114,6 +119,20 @@ impl Connection {
                 stream.info.downstream_local,
             )
         };
+        let upgrade = meta.upgrade.is_some();
+        let trusted_headers = meta.filters_ran > 0;
+        let mut route_timeout = forward.timeout;
+        if trusted_headers {
+            if let Some(value) = parts.headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+                if let Some(ms) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    route_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+            }
+        }
         let pick = PickContext {
             hash: hash.value,
             original_dst: cluster
@@ -169,7 +188,15 @@ impl Connection {
             self.route_stream_duration(&mut stream, &mut parts, limits, meta.grpc);
         }
         selected.apply_request_headers(&mut parts, &stream.info, Some(SCHEME));
-        if let Some(expected) = &extras.expected_timeout {
+        if route_timeout != forward.timeout {
+            let expected = route_timeout.map(|t| millis_value(t.as_millis() as u64));
+            match expected {
+                Some(expected) => parts
+                    .headers
+                    .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected),
+                None => parts.headers.remove(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS),
+            };
+        } else if let Some(expected) = &extras.expected_timeout {
             parts
                 .headers
                 .insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, expected.clone());
@@ -198,10 +225,9 @@ impl Connection {
         {
             let s = &mut *stream;
             s.timers
-                .set_route(forward.timeout, forward.idle_timeout, &s.request);
+                .set_route(route_timeout, forward.idle_timeout, &s.request);
         }
 
-        let upgrade = meta.upgrade.is_some();
         let protocol = if upgrade {
             WireProtocol::Http1
         } else {
@@ -211,17 +237,48 @@ impl Connection {
             let reply = LocalReply::new(StatusCode::BAD_REQUEST, "").details("missing_host_header");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
         }
-        let request = Request::from_parts(parts, body);
         // From here the body is the upstream request's to read.
         let mut meta = meta;
         meta.body_unread = false;
+        // `x-envoy-*` control headers reach the router only from filters: the
+        // connection manager removes them from every client (no address is internal).
+        // The retry state is made here, after the last local reply of the single-try
+        // path and in a block of its own, so that the common request's future does
+        // not carry it.
+        if !upgrade && (forward.retry_policy.is_some() || trusted_headers) {
+            if let Some(retry) = RetryState::new(
+                forward.retry_policy.as_ref(),
+                &mut parts.headers,
+                trusted_headers,
+            ) {
+                // Boxed: the retry loop is the less common path and its state is large.
+                let attempt = Attempt {
+                    cluster,
+                    host,
+                    protocol,
+                    set_cookie: hash.set_cookie,
+                    hash: hash.value,
+                    original_dst: pick.original_dst,
+                };
+                return Box::pin(self.forward_with_retries(
+                    stream, parts, body, selected, forward, meta, attempt, retry,
+                ))
+                .await;
+            }
+        }
+        let priority = forward.options.priority;
+        if forward.options.include_request_attempt_count {
+            parts.headers.insert(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+        }
+        stream.info.upstream_attempt_count = 1;
+        let request = Request::from_parts(parts, body);
         let sent_at = Instant::now();
         let send = async {
             if upgrade {
                 // Boxed: a new connection's future is large and upgrades are rare.
                 Box::pin(cluster.send_upgrade(&host, request)).await
             } else {
-                cluster.send(&host, protocol, request).await
+                cluster.send_at(&host, protocol, priority, request).await
             }
         };
         let outcome = {
@@ -275,6 +332,9 @@ impl Connection {
                 if let Some(cookie) = hash.set_cookie {
                     head.headers.append(http::header::SET_COOKIE, cookie);
                 }
+                if forward.options.include_attempt_count_in_response {
+                    head.headers.insert(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                }
                 if meta.http1 && !upgraded && (upgrade || request_done.is_none()) {
                     // A response before the request's end (or to an upgrade the upstream
                     // refused) closes an HTTP/1 connection, as in Envoy.
@@ -299,26 +359,341 @@ impl Connection {
                 response
             }
             Ok(Err(error)) => {
-                let outcome = match error {
-                    UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
-                        Outcome::ConnectFailure
-                    }
-                    _ => Outcome::Reset,
-                };
-                cluster.record_outcome(&host, outcome);
-                let reply = upstream_failure(&error);
+                cluster.record_outcome(&host, outcome_of(cluster, &error));
+                let mut reply = upstream_failure(&error);
+                if forward.options.include_attempt_count_in_response {
+                    reply = reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                }
                 tracing::debug!(cluster = cluster.name(), "{error}");
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
             Err(expiry) => {
+                let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
                 if matches!(expiry, Expiry::Route) {
                     cluster.record_outcome(&host, Outcome::Timeout);
+                    if forward.options.include_attempt_count_in_response {
+                        reply = reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(1));
+                    }
                 }
-                let request_complete = matches!(stream.request, RequestState::Complete { .. });
-                let reply = self.timeout_reply(expiry, request_complete, cluster);
                 self.local_reply(stream, reply, &meta, Some(selected)).await
             }
         }
+    }
+    /// The forward of a request that may be retried: tries, back-offs and the
+    /// replayed body, all under the route's timeout (see [`super::retry`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_with_retries<'r>(
+        &self,
+        mut stream: StreamGuard,
+        parts: http::request::Parts,
+        body: Body,
+        selected: Selected<'_>,
+        forward: &ForwardAction,
+        meta: RequestMeta,
+        attempt: Attempt<'r>,
+        mut retry: RetryState<'r>,
+    ) -> Response<ResponseBody> {
+        let Attempt {
+            cluster,
+            mut host,
+            protocol,
+            set_cookie,
+            hash,
+            original_dst,
+        } = attempt;
+        let options = &forward.options;
+        let level = cluster.breakers.at(options.priority);
+        let buffer = (!body.is_end_stream()).then(|| {
+            RequestBuffer::new(body, options.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT))
+        });
+        let mut abandoned = false;
+        let head = parts;
+        let mut previous: Vec<Arc<Host>> = Vec::new();
+        let mut attempts: u32 = 0;
+        let mut first_sent = None;
+        loop {
+            attempts += 1;
+            stream.info.upstream_host = Some(host.address);
+            stream.info.upstream_attempt_count = attempts;
+            let mut parts = clone_head(&head);
+            if options.include_request_attempt_count {
+                parts
+                    .headers
+                    .insert(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+            }
+            let body = match &buffer {
+                Some(buffer) => buffer.replay(),
+                None => Body::Empty,
+            };
+            let request = Request::from_parts(parts, body);
+            let try_started = Instant::now();
+            let sent_at = *first_sent.get_or_insert(try_started);
+            stream.timers.start_try(retry.per_try_idle_timeout);
+            let send = cluster.send_at(&host, protocol, options.priority, request);
+            let outcome = {
+                let s = &mut *stream;
+                let timers = &mut s.timers;
+                let request_state = &mut s.request;
+                let per_try = retry.per_try_timeout;
+                let mut per_try_sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+                let mut send = std::pin::pin!(send);
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = send.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(result));
+                    }
+                    if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        if expiry == Expiry::TryIdle {
+                            return Poll::Ready(Err(TryExpiry::PerTryIdle));
+                        }
+                        return Poll::Ready(Err(TryExpiry::Stream(expiry)));
+                    }
+                    if let Some(per_try) = per_try {
+                        if per_try_sleep.is_none() {
+                            // Envoy starts the per-try timer once the request is
+                            // complete (and the try started).
+                            if let RequestState::Complete { at, .. } = request_state {
+                                let start = (*at).max(try_started);
+                                per_try_sleep = Some(Box::pin(tokio::time::sleep_until(
+                                    tokio::time::Instant::from_std(start + per_try),
+                                )));
+                            }
+                        }
+                        if let Some(sleep) = &mut per_try_sleep {
+                            if sleep.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(TryExpiry::PerTry));
+                            }
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            if !abandoned && buffer.as_ref().is_some_and(|b| !b.can_replay()) {
+                // Past the buffer limit: this request is not retried any more.
+                abandoned = true;
+                cluster.stats.retry_or_shadow_abandoned.inc();
+            }
+            let replayable = !abandoned;
+
+            // Decide: the answer, or another try.
+            let (decision, result) = match outcome {
+                Ok(Ok((response, lease))) => {
+                    let status = response.status().as_u16();
+                    cluster.record_outcome(&host, Outcome::Response(status));
+                    let would =
+                        replayable && retry.would_retry_response(status, response.headers());
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Response(response, lease, sent_at),
+                    )
+                }
+                Ok(Err(error)) => {
+                    cluster.record_outcome(&host, outcome_of(cluster, &error));
+                    tracing::debug!(cluster = cluster.name(), "{error}");
+                    let would = replayable && retry.would_retry_failure(Failure::of(&error));
+                    let mut reply = upstream_failure(&error);
+                    if attempts > 1 && !matches!(error, UpstreamError::NoHealthyUpstream { .. }) {
+                        reply.body = Bytes::from(format!(
+                            "upstream connect error or disconnect/reset before headers. retried \
+                             and the latest reset reason: {}",
+                            error.reset_reason()
+                        ));
+                    }
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Failure(reply),
+                    )
+                }
+                Err(expiry @ (TryExpiry::PerTry | TryExpiry::PerTryIdle)) => {
+                    let details = if matches!(expiry, TryExpiry::PerTry) {
+                        cluster.stats.upstream_rq_per_try_timeout.inc();
+                        "upstream_per_try_timeout"
+                    } else {
+                        cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                        "upstream_per_try_idle_timeout"
+                    };
+                    cluster.record_outcome(&host, Outcome::Timeout);
+                    let would = replayable && retry.would_retry_failure(Failure::PerTryTimeout);
+                    let reply =
+                        LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                            .flag("UT")
+                            .details(details);
+                    (
+                        retry.decide(would, level, &cluster.stats),
+                        TryResult::Failure(reply),
+                    )
+                }
+                Err(TryExpiry::Stream(expiry)) => {
+                    retry.finish();
+                    let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
+                    if matches!(expiry, Expiry::Route) {
+                        cluster.record_outcome(&host, Outcome::Timeout);
+                        if options.include_attempt_count_in_response {
+                            reply = reply
+                                .header(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+                        }
+                    }
+                    return self.local_reply(stream, reply, &meta, Some(selected)).await;
+                }
+            };
+            let back_off = match decision {
+                Decision::Retry(back_off) => back_off,
+                Decision::No | Decision::LimitExceeded | Decision::Overflow => {
+                    retry.finish();
+                    let flag = match decision {
+                        Decision::LimitExceeded => Some("URX"),
+                        Decision::Overflow => Some("UO"),
+                        _ => None,
+                    };
+                    return match result {
+                        TryResult::Response(response, lease, sent_at) => {
+                            if let Some(flag) = flag {
+                                stream.flag(flag);
+                            }
+                            let response = self.upstream_response(
+                                &mut stream,
+                                response,
+                                lease,
+                                UpstreamResponse {
+                                    sent_at,
+                                    selected,
+                                    set_cookie,
+                                    http1: meta.http1,
+                                    attempt_count: options
+                                        .include_attempt_count_in_response
+                                        .then_some(attempts),
+                                },
+                            );
+                            if meta.filters_ran == 0 {
+                                return self.finish_response(stream, response);
+                            }
+                            Box::pin(self.respond(stream, response, &meta, Some(selected))).await
+                        }
+                        TryResult::Failure(mut reply) => {
+                            // Envoy sets the retry's flag first.
+                            if let Some(flag) = flag {
+                                stream.flag(flag);
+                            }
+                            if options.include_attempt_count_in_response {
+                                reply = reply.header(
+                                    X_ENVOY_ATTEMPT_COUNT,
+                                    millis_value(u64::from(attempts)),
+                                );
+                            }
+                            self.local_reply(stream, reply, &meta, Some(selected)).await
+                        }
+                    };
+                }
+            };
+            // A failed try's response and connection are dropped (an HTTP/1.1
+            // connection with an unread response is closed).
+            drop(result);
+            tracing::debug!(
+                cluster = cluster.name(),
+                attempt = attempts,
+                "retrying in {back_off:?}"
+            );
+            if !back_off.is_zero() {
+                let s = &mut *stream;
+                let timers = &mut s.timers;
+                let request_state = &mut s.request;
+                let mut sleep = std::pin::pin!(tokio::time::sleep(back_off));
+                let expired = std::future::poll_fn(|cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if let Poll::Ready(expiry) = timers.poll_expired(request_state, cx) {
+                        return Poll::Ready(Some(expiry));
+                    }
+                    Poll::Pending
+                })
+                .await;
+                if let Some(expiry) = expired {
+                    retry.finish();
+                    let mut reply = self.timeout_reply(expiry, request_complete(&stream), cluster);
+                    if matches!(expiry, Expiry::Route) && options.include_attempt_count_in_response
+                    {
+                        reply =
+                            reply.header(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+                    }
+                    return self.local_reply(stream, reply, &meta, Some(selected)).await;
+                }
+            }
+            // The next host: avoiding earlier ones with the previous_hosts predicate.
+            let next = match retry.host_selection() {
+                Some(reselect_attempts) => {
+                    previous.push(Arc::clone(&host));
+                    cluster.pick(&PickContext {
+                        hash,
+                        original_dst,
+                        previous_hosts: &previous,
+                        reselect_attempts,
+                    })
+                }
+                None => cluster.pick(&PickContext {
+                    hash,
+                    original_dst,
+                    ..PickContext::default()
+                }),
+            };
+            let Some(next) = next else {
+                retry.finish();
+                let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream")
+                    .flag("UH")
+                    .details("no_healthy_upstream");
+                return self.local_reply(stream, reply, &meta, Some(selected)).await;
+            };
+            host = next;
+        }
+    }
+
+    /// The response of an upstream to a retried request, ready for the downstream:
+    /// stream info, the lease kept for the body, `x-envoy-upstream-service-time`,
+    /// `x-envoy-attempt-count`, the route's and the connection manager's header
+    /// changes, a hash cookie. (Upgrades are never retried: the single-try path
+    /// answers them.)
+    fn upstream_response(
+        &self,
+        stream: &mut StreamGuard,
+        response: Response<hyper::body::Incoming>,
+        lease: crate::upstream::Lease,
+        how: UpstreamResponse<'_>,
+    ) -> Response<Body> {
+        let now = Instant::now();
+        if stream.log {
+            stream.info.response_duration = Some(now.saturating_duration_since(stream.info.start));
+            stream.info.response_code_details = Some("via_upstream".to_owned());
+        }
+        stream.lease = Some(lease);
+        let (mut head, body) = response.into_parts();
+        // As the single-try path: the time since the request was complete (and since
+        // the first try was sent), none while it still streams.
+        let request_done = stream.request_completed_at();
+        if let Some(done) = request_done {
+            let since = now.saturating_duration_since(done.max(how.sent_at));
+            head.headers.insert(
+                X_ENVOY_UPSTREAM_SERVICE_TIME,
+                millis_value(since.as_millis() as u64),
+            );
+        }
+        if let Some(attempts) = how.attempt_count {
+            head.headers
+                .insert(X_ENVOY_ATTEMPT_COUNT, millis_value(u64::from(attempts)));
+        }
+        how.selected.apply_response_headers(
+            &mut head.headers,
+            &FormatContext::new(&stream.info).with_scheme(SCHEME),
+        );
+        self.hcm.headers.mutate_response(&mut head.headers, false);
+        if let Some(cookie) = how.set_cookie {
+            head.headers.append(http::header::SET_COOKIE, cookie);
+        }
+        if how.http1 && request_done.is_none() {
+            // A response before the request's end closes an HTTP/1 connection.
+            head.headers
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Response::from_parts(head, Body::Incoming(body))
     }
 
     /// Applies a route's `max_stream_duration` to the stream, as Envoy's
@@ -377,12 +752,18 @@ impl Connection {
                 cluster.stats.upstream_rq_timeout.inc();
                 LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
                     .flag("UT")
-                    .details("upstream_response_timeout")
+                    .details("response_timeout")
             }
             Expiry::Request => {
                 stats.downstream_rq_timeout.inc();
                 LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout")
                     .details("request_overall_timeout")
+            }
+            Expiry::TryIdle => {
+                cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                    .flag("UT")
+                    .details("upstream_per_try_idle_timeout")
             }
             Expiry::Idle => {
                 stats.downstream_rq_idle_timeout.inc();
@@ -479,12 +860,19 @@ fn upstream_failure(error: &UpstreamError) -> LocalReply {
     }
     let details = match error {
         UpstreamError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+        // Envoy adds the transport's reason when it knows it.
+        UpstreamError::ConnectFailure { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+        {
+            "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+        }
         UpstreamError::ConnectFailure { .. } => {
             "upstream_reset_before_response_started{remote_connection_failure}"
         }
         UpstreamError::ConnectTimeout { .. } => {
             "upstream_reset_before_response_started{connection_timeout}"
         }
+        UpstreamError::Overflow { .. } => "upstream_reset_before_response_started{overflow}",
         UpstreamError::Reset { .. } => match error.reset_reason() {
             "connection termination" => {
                 "upstream_reset_before_response_started{connection_termination}"
@@ -500,9 +888,100 @@ fn upstream_failure(error: &UpstreamError) -> LocalReply {
             error.reset_reason()
         ),
     };
-    LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body)
+    let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body)
         .flag(error.response_flag())
-        .details(details)
+        .details(details);
+    if matches!(error, UpstreamError::Overflow { .. }) {
+        // Envoy marks a response it dropped for overload.
+        return reply.header(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+    }
+    reply
+}
+
+/// What the retry loop needs of the first pick.
+struct Attempt<'a> {
+    cluster: &'a Arc<ClusterUpstream>,
+    host: Arc<Host>,
+    protocol: WireProtocol,
+    set_cookie: Option<HeaderValue>,
+    hash: Option<u64>,
+    /// The original destination picked by an ORIGINAL_DST cluster.
+    original_dst: Option<std::net::SocketAddr>,
+}
+
+/// How an upstream response is passed on.
+struct UpstreamResponse<'a> {
+    sent_at: Instant,
+    selected: Selected<'a>,
+    set_cookie: Option<HeaderValue>,
+    /// The downstream speaks HTTP/1.x.
+    http1: bool,
+    /// `x-envoy-attempt-count` for the response.
+    attempt_count: Option<u32>,
+}
+
+/// A timer that ended a try.
+enum TryExpiry {
+    /// The per-try timeout.
+    PerTry,
+    /// The per-try idle timeout (before the response headers).
+    PerTryIdle,
+    /// A stream timer (the route's timeout covers every try).
+    Stream(Expiry),
+}
+
+/// How a try ended.
+enum TryResult {
+    Response(
+        Response<hyper::body::Incoming>,
+        crate::upstream::Lease,
+        Instant,
+    ),
+    Failure(LocalReply),
+}
+
+/// Whether the request body has been received.
+fn request_complete(stream: &StreamGuard) -> bool {
+    matches!(stream.request, RequestState::Complete { .. })
+}
+
+/// The host outcome of an upstream error. A reset before the response headers also
+/// counts keel's own 503 in `upstream_rq_503`, as Envoy charges it.
+fn outcome_of(cluster: &ClusterUpstream, error: &UpstreamError) -> Outcome {
+    if let UpstreamError::Reset { source, .. } = error {
+        // Not when a filter stopped the request body with a reply of its own.
+        let mut cause = std::error::Error::source(source);
+        let mut filter_reply = false;
+        while let Some(e) = cause {
+            filter_reply |= matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Reply(_)));
+            cause = e.source();
+        }
+        if !filter_reply {
+            cluster.stats.record_status(503);
+        }
+    }
+    outcome_of_error(error)
+}
+
+/// The host outcome of an upstream error.
+fn outcome_of_error(error: &UpstreamError) -> Outcome {
+    match error {
+        UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => {
+            Outcome::ConnectFailure
+        }
+        _ => Outcome::Reset,
+    }
+}
+
+/// A copy of a request head for another try (extensions are not copied: the
+/// upstream request needs none).
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = head.method.clone();
+    parts.uri = head.uri.clone();
+    parts.version = head.version;
+    parts.headers = head.headers.clone();
+    parts
 }
 
 /// `:authority` of a request: the URI's, else `host`.

@@ -52,6 +52,8 @@ pub(crate) enum Expiry {
     Idle,
     /// `max_stream_duration`.
     MaxDuration,
+    /// The retry policy's `per_try_idle_timeout`: the upstream try was silent too long.
+    TryIdle,
 }
 
 /// The stream's deadlines, served by one lazily re-armed `Sleep`.
@@ -70,6 +72,10 @@ pub(crate) struct Timers {
     idle: Option<Duration>,
     last_activity: Instant,
     max_stream: Option<Instant>,
+    /// `per_try_idle_timeout` of the try in flight.
+    try_idle: Option<Duration>,
+    /// The try's last sign of life (its start, the request's end, a response frame).
+    try_activity: Instant,
 }
 
 impl Timers {
@@ -82,6 +88,8 @@ impl Timers {
             idle: timeouts.stream_idle,
             last_activity: start,
             max_stream: timeouts.max_stream_duration.map(|t| start + t),
+            try_idle: None,
+            try_activity: start,
         }
     }
 
@@ -122,13 +130,23 @@ impl Timers {
         self.request_deadline = None;
         self.route_deadline = self.route_timeout.map(|t| at + t);
         self.last_activity = at;
+        self.try_activity = self.try_activity.max(at);
+    }
+
+    /// A try starts upstream with this `per_try_idle_timeout` (Envoy counts it from
+    /// the later of the try's start and the request's end).
+    pub(crate) fn start_try(&mut self, idle: Option<Duration>) {
+        self.try_idle = idle;
+        self.try_activity = Instant::now();
     }
 
     /// Something moved on the stream.
     #[inline]
     pub(crate) fn touch(&mut self) {
-        if self.idle.is_some() {
-            self.last_activity = Instant::now();
+        if self.idle.is_some() || self.try_idle.is_some() {
+            let now = Instant::now();
+            self.last_activity = now;
+            self.try_activity = now;
         }
     }
 
@@ -139,6 +157,7 @@ impl Timers {
             || self.request_deadline.is_some()
             || self.idle.is_some()
             || self.max_stream.is_some()
+            || self.try_idle.is_some()
     }
 
     /// Ready with the timer that fired; also learns when the request completes.
@@ -176,11 +195,17 @@ impl Timers {
             } else {
                 self.request_deadline
             };
+            let try_deadline = if request_done {
+                self.try_idle.map(|idle| self.try_activity + idle)
+            } else {
+                None
+            };
             let Some(earliest) = [
                 self.route_deadline,
                 request_deadline,
                 idle_deadline,
                 self.max_stream,
+                try_deadline,
             ]
             .into_iter()
             .flatten()
@@ -212,6 +237,9 @@ impl Timers {
             }
             if request_done && passed(self.idle.map(|idle| self.last_activity + idle)) {
                 return Poll::Ready(Expiry::Idle);
+            }
+            if request_done && passed(self.try_idle.map(|idle| self.try_activity + idle)) {
+                return Poll::Ready(Expiry::TryIdle);
             }
         }
     }
@@ -322,7 +350,8 @@ impl ActiveStream {
     }
 }
 
-/// Adds a response flag to `info` (once).
+/// Adds a response flag to `info` (once). Envoy 1.40 prints flags in the order they
+/// were set (a retry's URX comes before the UF or UT of the last try).
 fn add_flag(info: &mut StreamInfo, flag: &'static str) {
     if !info.response_flags.contains(&flag) {
         info.response_flags.push(flag);
@@ -461,6 +490,17 @@ impl hyper::body::Body for ResponseBody {
                         add_flag(&mut stream.info, "UT");
                         if let Some(lease) = &stream.lease {
                             lease.cluster().stats.upstream_rq_timeout.inc();
+                        }
+                        "upstream request timeout"
+                    }
+                    Expiry::TryIdle => {
+                        add_flag(&mut stream.info, "UT");
+                        if stream.log {
+                            stream.info.response_code_details =
+                                Some("upstream_per_try_idle_timeout".to_owned());
+                        }
+                        if let Some(lease) = &stream.lease {
+                            lease.cluster().stats.upstream_rq_per_try_idle_timeout.inc();
                         }
                         "upstream request timeout"
                     }

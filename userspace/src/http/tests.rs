@@ -22,9 +22,9 @@ use crate::observe::stats;
 use crate::upstream::Upstreams;
 
 /// Bounds every wait in these tests.
-const PATIENCE: Duration = Duration::from_secs(10);
+pub(super) const PATIENCE: Duration = Duration::from_secs(10);
 
-fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConnectionManager {
+pub(super) fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
         codec: Codec::Auto,
@@ -71,7 +71,7 @@ fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConnectionManage
     }
 }
 
-fn route(prefix: &str, action: RouteAction) -> Route {
+pub(super) fn route(prefix: &str, action: RouteAction) -> Route {
     Route {
         name: format!("route{prefix}"),
         matcher: RouteMatch {
@@ -89,7 +89,7 @@ fn route(prefix: &str, action: RouteAction) -> Route {
     }
 }
 
-fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
+pub(super) fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
     RouteAction::Forward(Box::new(ForwardAction {
         cluster: ClusterSpecifier::Cluster(cluster.into()),
         prefix_rewrite: None,
@@ -103,10 +103,15 @@ fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteAction {
         mirrors: Vec::new(),
         retry_policy: None,
         hash_policy: Vec::new(),
+        options: Default::default(),
     }))
 }
 
-fn cluster(name: &str, address: SocketAddr, protocol: UpstreamProtocol) -> model::Cluster {
+pub(super) fn cluster(
+    name: &str,
+    address: SocketAddr,
+    protocol: UpstreamProtocol,
+) -> model::Cluster {
     model::Cluster {
         name: name.into(),
         connect_timeout: Duration::from_secs(1),
@@ -118,12 +123,15 @@ fn cluster(name: &str, address: SocketAddr, protocol: UpstreamProtocol) -> model
 }
 
 /// Starts a keel HTTP listener on 127.0.0.1:0; the task ends with the test's runtime.
-async fn start_keel(config: HttpConnectionManager, clusters: &[model::Cluster]) -> SocketAddr {
+pub(super) async fn start_keel(
+    config: HttpConnectionManager,
+    clusters: &[model::Cluster],
+) -> SocketAddr {
     start_keel_manager(config, clusters).await.0
 }
 
 /// Like [`start_keel`], also returning the connection manager.
-async fn start_keel_manager(
+pub(super) async fn start_keel_manager(
     config: HttpConnectionManager,
     clusters: &[model::Cluster],
 ) -> (SocketAddr, Arc<ConnectionManager>) {
@@ -136,7 +144,7 @@ async fn start_keel_manager(
     (address, manager)
 }
 
-type BackendBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(super) type BackendBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A hyper backend (HTTP/1.1 and h2c) on 127.0.0.1:0:
 /// - `/slow`: answers after 5 s;
@@ -241,12 +249,12 @@ impl hyper::body::Body for Frames {
     }
 }
 
-fn frames(frames: Vec<Frame<Bytes>>) -> BackendBody {
+pub(super) fn frames(frames: Vec<Frame<Bytes>>) -> BackendBody {
     Frames(frames.into()).boxed()
 }
 
 /// Sends `request` to `address` over a new HTTP/1.1 (or h2c) connection.
-async fn send(
+pub(super) async fn send(
     address: SocketAddr,
     h2: bool,
     request: Request<http_body_util::combinators::BoxBody<Bytes, Infallible>>,
@@ -274,15 +282,15 @@ async fn send(
         .expect("response in time")
 }
 
-fn get(uri: &str) -> http::request::Builder {
+pub(super) fn get(uri: &str) -> http::request::Builder {
     Request::get(uri).header("host", "test.example")
 }
 
-fn empty() -> http_body_util::combinators::BoxBody<Bytes, Infallible> {
+pub(super) fn empty() -> http_body_util::combinators::BoxBody<Bytes, Infallible> {
     http_body_util::Empty::new().boxed()
 }
 
-async fn text(response: Response<Incoming>) -> String {
+pub(super) async fn text(response: Response<Incoming>) -> String {
     let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
         .await
         .expect("body in time")
@@ -296,7 +304,7 @@ fn echoed<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
 }
 
-fn counter(name: &str) -> u64 {
+pub(super) fn counter(name: &str) -> u64 {
     stats::global()
         .snapshot()
         .into_iter()
@@ -724,6 +732,25 @@ async fn future_sizes() {
         Request::new(super::body::Body::Empty),
     );
     eprintln!("send future {}", std::mem::size_of_val(&send));
+    let send_at = c.send_at(
+        &host,
+        crate::upstream::WireProtocol::Http1,
+        Default::default(),
+        Request::new(super::body::Body::Empty),
+    );
+    eprintln!("send_at future {}", std::mem::size_of_val(&send_at));
+    drop(send_at);
+    let level = c.breakers.at(Default::default());
+    let h1 = host
+        .pool
+        .send_h1(&c, &host, level, Request::new(super::body::Body::Empty));
+    eprintln!("send_h1 future {}", std::mem::size_of_val(&h1));
+    drop(h1);
+    let h2 = host
+        .pool
+        .send_h2(&c, &host, level, Request::new(super::body::Body::Empty));
+    eprintln!("send_h2 future {}", std::mem::size_of_val(&h2));
+    drop(h2);
     eprintln!(
         "StreamInfo {}",
         std::mem::size_of::<crate::observe::StreamInfo>()
@@ -735,7 +762,7 @@ async fn future_sizes() {
     );
 }
 
-fn forward_action(cluster: &str) -> ForwardAction {
+pub(super) fn forward_action(cluster: &str) -> ForwardAction {
     let RouteAction::Forward(forward) = forward_to(cluster, Some(Duration::from_secs(15))) else {
         unreachable!()
     };

@@ -494,10 +494,12 @@ pub struct ForwardAction {
     pub max_stream_duration: Option<RouteStreamDuration>,
     /// `request_mirror_policies`: (cluster, parts per million of requests).
     pub mirrors: Vec<(String, u32)>,
-    /// `retry_policy` (filled in by the upstream work).
+    /// `retry_policy` (the route's, else its virtual host's).
     pub retry_policy: Option<RetryPolicy>,
     /// `hash_policy`, in order: the request hash for RING_HASH and MAGLEV clusters.
     pub hash_policy: Vec<HashPolicy>,
+    /// Priority, buffer limit and attempt-count headers.
+    pub options: ForwardOptions,
 }
 
 /// One entry of a route's `hash_policy`.
@@ -618,8 +620,8 @@ impl PartialEq for HostRewrite {
 
 impl Eq for HostRewrite {}
 
-/// `retry_policy`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `retry_policy` (the route's, else its virtual host's).
+#[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// `retry_on`, split on commas.
     pub retry_on: Vec<String>,
@@ -629,6 +631,180 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// `retriable_status_codes`.
     pub retriable_status_codes: Vec<u16>,
+    /// `retry_on`, parsed.
+    pub conditions: RetryOn,
+    /// `per_try_idle_timeout`: a try whose response stalls this long (before or after
+    /// its headers) is cut off (504 UT before the headers, a reset after).
+    pub per_try_idle_timeout: Option<Duration>,
+    /// `retriable_headers`: a response matching any is retried (`retriable-headers`).
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retry_back_off` (base 25 ms and 10 times that at most when left out).
+    pub back_off: RetryBackOff,
+    /// `retry_host_predicate` has `envoy.retry_host_predicates.previous_hosts`: a
+    /// retry avoids the hosts tried before.
+    pub previous_hosts: bool,
+    /// `host_selection_retry_max_attempts`: picks made again when a pick lands on a
+    /// previous host (default 1).
+    pub host_selection_retry_max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            retry_on: Vec::new(),
+            num_retries: 1,
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            conditions: RetryOn::default(),
+            per_try_idle_timeout: None,
+            retriable_headers: Vec::new(),
+            back_off: RetryBackOff::default(),
+            previous_hosts: false,
+            host_selection_retry_max_attempts: 1,
+        }
+    }
+}
+
+impl PartialEq for RetryPolicy {
+    fn eq(&self, other: &RetryPolicy) -> bool {
+        // Header matchers hold compiled regexes, which have no equality; their
+        // descriptions do.
+        self.retry_on == other.retry_on
+            && self.num_retries == other.num_retries
+            && self.per_try_timeout == other.per_try_timeout
+            && self.retriable_status_codes == other.retriable_status_codes
+            && self.conditions == other.conditions
+            && self.per_try_idle_timeout == other.per_try_idle_timeout
+            && format!("{:?}", self.retriable_headers) == format!("{:?}", other.retriable_headers)
+            && self.back_off == other.back_off
+            && self.previous_hosts == other.previous_hosts
+            && self.host_selection_retry_max_attempts == other.host_selection_retry_max_attempts
+    }
+}
+
+/// `retry_back_off`: Envoy's fully jittered exponential back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackOff {
+    /// `base_interval` (default 25 ms).
+    pub base_interval: Duration,
+    /// `max_interval` (default 10 times `base_interval`).
+    pub max_interval: Duration,
+}
+
+impl Default for RetryBackOff {
+    fn default() -> RetryBackOff {
+        RetryBackOff {
+            base_interval: Duration::from_millis(25),
+            max_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A set of `retry_on` conditions (`x-envoy-retry-on` and `x-envoy-retry-grpc-on` add
+/// to it per request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn(pub u32);
+
+impl RetryOn {
+    /// `5xx`: a 5xx response, or no response (reset, connect failure, per-try timeout).
+    pub const FIVE_XX: u32 = 1 << 0;
+    /// `gateway-error`: 502, 503, 504, or no response.
+    pub const GATEWAY_ERROR: u32 = 1 << 1;
+    /// `reset`: no response (disconnect, reset, per-try timeout).
+    pub const RESET: u32 = 1 << 2;
+    /// `connect-failure`: the connection could not be made.
+    pub const CONNECT_FAILURE: u32 = 1 << 3;
+    /// `retriable-4xx`: 409.
+    pub const RETRIABLE_4XX: u32 = 1 << 4;
+    /// `refused-stream`: an HTTP/2 REFUSED_STREAM reset.
+    pub const REFUSED_STREAM: u32 = 1 << 5;
+    /// `retriable-status-codes`.
+    pub const RETRIABLE_STATUS_CODES: u32 = 1 << 6;
+    /// `retriable-headers`.
+    pub const RETRIABLE_HEADERS: u32 = 1 << 7;
+    /// `reset-before-request`: reset before the request was sent.
+    pub const RESET_BEFORE_REQUEST: u32 = 1 << 8;
+    /// `envoy-ratelimited`: `x-envoy-ratelimited` in the response.
+    pub const ENVOY_RATELIMITED: u32 = 1 << 9;
+    /// `http3-post-connect-failure` (keel has no HTTP/3: never true).
+    pub const HTTP3_POST_CONNECT_FAILURE: u32 = 1 << 10;
+    /// gRPC `cancelled` (status 1).
+    pub const GRPC_CANCELLED: u32 = 1 << 16;
+    /// gRPC `deadline-exceeded` (status 4).
+    pub const GRPC_DEADLINE_EXCEEDED: u32 = 1 << 17;
+    /// gRPC `resource-exhausted` (status 8).
+    pub const GRPC_RESOURCE_EXHAUSTED: u32 = 1 << 18;
+    /// gRPC `internal` (status 13).
+    pub const GRPC_INTERNAL: u32 = 1 << 19;
+    /// gRPC `unavailable` (status 14).
+    pub const GRPC_UNAVAILABLE: u32 = 1 << 20;
+    /// Every gRPC condition.
+    pub const GRPC: u32 = Self::GRPC_CANCELLED
+        | Self::GRPC_DEADLINE_EXCEEDED
+        | Self::GRPC_RESOURCE_EXHAUSTED
+        | Self::GRPC_INTERNAL
+        | Self::GRPC_UNAVAILABLE;
+
+    /// The bit of one condition name, HTTP or gRPC (`None`: unknown).
+    pub fn condition(name: &str) -> Option<u32> {
+        Some(match name {
+            "5xx" => Self::FIVE_XX,
+            "gateway-error" => Self::GATEWAY_ERROR,
+            "reset" => Self::RESET,
+            "reset-before-request" => Self::RESET_BEFORE_REQUEST,
+            "connect-failure" => Self::CONNECT_FAILURE,
+            "envoy-ratelimited" => Self::ENVOY_RATELIMITED,
+            "retriable-4xx" => Self::RETRIABLE_4XX,
+            "refused-stream" => Self::REFUSED_STREAM,
+            "retriable-status-codes" => Self::RETRIABLE_STATUS_CODES,
+            "retriable-headers" => Self::RETRIABLE_HEADERS,
+            "http3-post-connect-failure" => Self::HTTP3_POST_CONNECT_FAILURE,
+            "cancelled" => Self::GRPC_CANCELLED,
+            "deadline-exceeded" => Self::GRPC_DEADLINE_EXCEEDED,
+            "internal" => Self::GRPC_INTERNAL,
+            "resource-exhausted" => Self::GRPC_RESOURCE_EXHAUSTED,
+            "unavailable" => Self::GRPC_UNAVAILABLE,
+            _ => return None,
+        })
+    }
+
+    /// Parses a comma-separated list; unknown names are skipped (as Envoy does for
+    /// the request headers). `grpc_only`: only the gRPC names count.
+    pub fn parse_list(list: &str, grpc_only: bool) -> RetryOn {
+        let mut bits = 0;
+        for name in list.split(',').map(str::trim) {
+            if let Some(bit) = Self::condition(name) {
+                if !grpc_only || bit & Self::GRPC != 0 {
+                    bits |= bit;
+                }
+            }
+        }
+        RetryOn(bits)
+    }
+
+    /// Whether any of `bits` is set.
+    #[inline]
+    pub fn any(self, bits: u32) -> bool {
+        self.0 & bits != 0
+    }
+}
+
+/// Settings of a forward that Envoy keeps on the route or its virtual host rather
+/// than in the route action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// The route action's `priority`: which circuit-breaker thresholds apply.
+    pub priority: super::breakers::RoutingPriority,
+    /// The request body kept for retries: `request_body_buffer_limit` of the route,
+    /// else of its virtual host; or the deprecated `per_request_buffer_limit_bytes`
+    /// (capped by the listener's 1 MiB); `None`: the listener's limit, 1 MiB.
+    pub buffer_limit: Option<u64>,
+    /// The virtual host's `include_request_attempt_count`: `x-envoy-attempt-count`
+    /// on upstream requests.
+    pub include_request_attempt_count: bool,
+    /// The virtual host's `include_attempt_count_in_response`: `x-envoy-attempt-count`
+    /// on responses.
+    pub include_attempt_count_in_response: bool,
 }
 
 /// `redirect`.

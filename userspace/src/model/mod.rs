@@ -8,6 +8,7 @@ pub mod breakers;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,6 +156,8 @@ pub struct Cluster {
     pub health_checks: Vec<health::HealthCheck>,
     /// `outlier_detection`: `None` when left out (no passive health checking).
     pub outlier_detection: Option<health::OutlierDetection>,
+    /// Connection-pool settings (`HttpProtocolOptions`).
+    pub pool: pool::PoolOptions,
 }
 
 impl Default for Cluster {
@@ -173,6 +176,7 @@ impl Default for Cluster {
             circuit_breakers: breakers::CircuitBreakers::default(),
             health_checks: Vec::new(),
             outlier_detection: None,
+            pool: pool::PoolOptions::default(),
         }
     }
 }

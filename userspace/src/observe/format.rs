@@ -17,7 +17,7 @@
 //! Supported operators: `START_TIME[(strftime)]`, `REQ(X?Y)`, `RESP(X?Y)`,
 //! `TRAILER(X?Y)`, `RESPONSE_CODE`, `RESPONSE_FLAGS`, `RESPONSE_CODE_DETAILS`,
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION`, `REQUEST_DURATION`, `RESPONSE_DURATION`,
-//! `RESPONSE_TX_DURATION`, `UPSTREAM_HOST`, `UPSTREAM_CLUSTER`,
+//! `RESPONSE_TX_DURATION`, `UPSTREAM_HOST`, `UPSTREAM_CLUSTER`, `UPSTREAM_REQUEST_ATTEMPT_COUNT`,
 //! `UPSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]`, `UPSTREAM_REMOTE_PORT`,
 //! `DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_REMOTE_PORT`,
 //! `DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_LOCAL_PORT`,
@@ -358,6 +358,7 @@ enum OpKind {
     ResponseTxDuration,
     UpstreamHost,
     UpstreamCluster,
+    UpstreamAttemptCount,
     UpstreamAddress(AddressPart),
     DownstreamRemote(AddressPart),
     DownstreamLocal(AddressPart),
@@ -476,6 +477,9 @@ impl OpKind {
                 None => Rendered::Missing,
             },
             OpKind::UpstreamCluster => write_opt_str(out, info.upstream_cluster.as_deref()),
+            OpKind::UpstreamAttemptCount => {
+                write_number(out, u64::from(info.upstream_attempt_count))
+            }
             OpKind::UpstreamAddress(part) => match info.upstream_host {
                 Some(addr) => write_address(out, addr, *part),
                 None => Rendered::Missing,
@@ -904,6 +908,7 @@ fn operator(name: &str, arg: Option<&str>, token: &str) -> Result<OpKind, Format
         "RESPONSE_TX_DURATION" => no_arg(OpKind::ResponseTxDuration),
         "UPSTREAM_HOST" => no_arg(OpKind::UpstreamHost),
         "UPSTREAM_CLUSTER" => no_arg(OpKind::UpstreamCluster),
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => no_arg(OpKind::UpstreamAttemptCount),
         "UPSTREAM_REMOTE_ADDRESS" => no_arg(OpKind::UpstreamAddress(Full)),
         "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => no_arg(OpKind::UpstreamAddress(WithoutPort)),
         "UPSTREAM_REMOTE_PORT" => no_arg(OpKind::UpstreamAddress(Port)),

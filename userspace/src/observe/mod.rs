@@ -57,6 +57,9 @@ pub struct StreamInfo {
     pub route_metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Details of a local reply (`%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: Option<String>,
+    /// Tries sent upstream, retries included (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0
+    /// when the request never went upstream).
+    pub upstream_attempt_count: u32,
 }
 
 impl StreamInfo {
@@ -88,6 +91,7 @@ impl StreamInfo {
             route_name: None,
             route_metadata: None,
             response_code_details: None,
+            upstream_attempt_count: 0,
         }
     }
 }

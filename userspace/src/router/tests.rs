@@ -30,6 +30,7 @@ fn forward(cluster: &str) -> ForwardAction {
         mirrors: Vec::new(),
         retry_policy: None,
         hash_policy: Vec::new(),
+        options: Default::default(),
     }
 }
 

@@ -10,10 +10,15 @@
 //!   on the stack when its response body has been read to the end and its request
 //!   body fully sent; dropped earlier, hyper closes it. LIFO keeps the hottest
 //!   connections in use and lets the rest be closed by the upstream's idle timeout.
-//! - HTTP/2 (h2c by prior knowledge): one multiplexed connection per endpoint whose
-//!   `SendRequest` handle is cloned per request; a second connection is made only
-//!   when the first has closed (an async lock makes concurrent callers share one
-//!   handshake).
+//! - HTTP/2 (h2c by prior knowledge): multiplexed connections per endpoint whose
+//!   `SendRequest` handles are cloned per request; a request takes the first
+//!   connection with fewer streams than `max_concurrent_streams`, and another
+//!   connection is made when all are full (an async lock makes concurrent callers
+//!   share one handshake).
+//! - A request with no connection ready is *pending* until it gets one (a new
+//!   connection, or one freed when `max_connections` is reached): see `pool` and
+//!   [`breaker`] for the circuit breakers that bound connections, pending requests,
+//!   requests and retries.
 //!
 //! Why shared and not per worker: the tokio runtime steals tasks between workers, so
 //! a "per-worker" pool would only be a per-thread cache whose connections still get
@@ -26,6 +31,7 @@
 //! `TCP_NODELAY`, and is bounded by the cluster's `connect_timeout`. Stats use
 //! Envoy's names under `cluster.<name>.`.
 
+pub mod breaker;
 mod discovery;
 pub mod hash;
 pub mod health;
@@ -49,6 +55,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::http::body::Body;
+use crate::model::breakers::RoutingPriority;
 use crate::model::{self, LbPolicy, UpstreamProtocol};
 use crate::observe::stats::{self, Counter, Gauge};
 
@@ -90,6 +97,15 @@ pub enum UpstreamError {
         /// hyper's error.
         source: hyper::Error,
     },
+    /// A circuit breaker refused the request (`max_requests`,
+    /// `max_pending_requests`, or `max_connections` for an upgrade).
+    #[error("upstream {endpoint}: circuit breaker open: too many {resource}")]
+    Overflow {
+        /// The endpoint.
+        endpoint: SocketAddr,
+        /// What ran out ("requests", "pending requests", "connections").
+        resource: &'static str,
+    },
 }
 
 impl UpstreamError {
@@ -100,6 +116,7 @@ impl UpstreamError {
             UpstreamError::NoHealthyUpstream { .. } => "no healthy upstream",
             UpstreamError::ConnectFailure { .. } => "remote connection failure",
             UpstreamError::ConnectTimeout { .. } => "connection timeout",
+            UpstreamError::Overflow { .. } => "overflow",
             UpstreamError::Reset { source, .. } => {
                 if source.is_closed() || source.is_incomplete_message() || source.is_canceled() {
                     "connection termination"
@@ -112,11 +129,12 @@ impl UpstreamError {
         }
     }
 
-    /// Envoy's response flag: UH, UF (connect failure or timeout), UC (termination)
-    /// or UR (remote reset).
+    /// Envoy's response flag: UH, UF (connect failure or timeout), UC (termination),
+    /// UR (remote reset) or UO (circuit breaker overflow).
     pub fn response_flag(&self) -> &'static str {
         match self {
             UpstreamError::NoHealthyUpstream { .. } => "UH",
+            UpstreamError::Overflow { .. } => "UO",
             UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => "UF",
             UpstreamError::Reset { source, .. }
                 if source.is_closed() || source.is_incomplete_message() || source.is_canceled() =>
@@ -207,6 +225,10 @@ pub struct ClusterUpstream {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     lb_policy: LbPolicy,
+    /// Connection-pool settings.
+    pub(crate) pool: model::pool::PoolOptions,
+    /// Circuit breakers per priority.
+    pub breakers: breaker::Breakers,
     /// What the pickers are built from.
     lb_settings: lb::LbSettings,
     /// The hosts and the picker over them; replaced whole when the hosts or their
@@ -325,6 +347,8 @@ impl ClusterUpstream {
             protocol: cluster.upstream_protocol,
             connect_timeout: cluster.connect_timeout,
             lb_policy: cluster.lb_policy,
+            pool: cluster.pool,
+            breakers: breaker::Breakers::new(&cluster.name, &cluster.circuit_breakers),
             hosts: ArcSwap::from_pointee(HostSet::new(&lb_settings, hosts, Arc::new(localities))),
             lb_settings,
             update: Mutex::new(()),
@@ -489,14 +513,31 @@ impl ClusterUpstream {
         protocol: WireProtocol,
         request: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let mut lease = self.lease(host);
+        self.send_at(host, protocol, RoutingPriority::Default, request)
+            .await
+    }
+
+    /// [`send`](Self::send) counted against the circuit breakers of `priority`.
+    pub async fn send_at(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        protocol: WireProtocol,
+        priority: RoutingPriority,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let mut lease = self.lease(host, priority)?;
+        let level = self.breakers.at(priority);
         let response = match protocol {
             WireProtocol::Http1 => {
-                let (response, sender) = host.pool.send_h1(self, host, request).await?;
-                lease.h1 = Some(sender);
+                let (response, conn) = host.pool.send_h1(self, host, level, request).await?;
+                lease.h1 = Some(conn);
                 response
             }
-            WireProtocol::Http2 => host.pool.send_h2(self, host, request).await?,
+            WireProtocol::Http2 => {
+                let (response, stream) = host.pool.send_h2(self, host, level, request).await?;
+                lease.h2 = Some(stream);
+                response
+            }
         };
         self.stats.record_status(response.status().as_u16());
         Ok((response, lease))
@@ -509,23 +550,41 @@ impl ClusterUpstream {
         host: &Arc<Host>,
         request: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let lease = self.lease(host);
-        let response = host.pool.send_upgrade(self, host, request).await?;
+        let priority = RoutingPriority::Default;
+        let lease = self.lease(host, priority)?;
+        let level = self.breakers.at(priority);
+        let response = host.pool.send_upgrade(self, host, level, request).await?;
         self.stats.record_status(response.status().as_u16());
         Ok((response, lease))
     }
 
-    fn lease(self: &Arc<Self>, host: &Arc<Host>) -> Lease {
-        self.stats.upstream_rq_total.inc();
+    fn lease(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        priority: RoutingPriority,
+    ) -> Result<Lease, UpstreamError> {
+        if !self.breakers.at(priority).requests.try_acquire() {
+            // Envoy 1.40's own counter for it (older versions counted it as a
+            // pending overflow).
+            self.stats.upstream_rq_active_overflow.inc();
+            return Err(UpstreamError::Overflow {
+                endpoint: host.address,
+                resource: "requests",
+            });
+        }
+        // `upstream_rq_total` is counted by the pool when a connection takes the
+        // request (Envoy counts no request whose connection failed).
         self.stats.upstream_rq_active.inc();
         host::bump(&host.stats.rq_total);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         host.active.fetch_add(1, Ordering::Relaxed);
-        Lease {
+        Ok(Lease {
             cluster: Arc::clone(self),
             host: Arc::clone(host),
+            priority,
             h1: None,
-        }
+            h2: None,
+        })
     }
 }
 
@@ -535,7 +594,9 @@ impl ClusterUpstream {
 pub struct Lease {
     cluster: Arc<ClusterUpstream>,
     host: Arc<Host>,
-    h1: Option<hyper::client::conn::http1::SendRequest<Body>>,
+    priority: RoutingPriority,
+    h1: Option<pool::H1Conn>,
+    h2: Option<pool::H2Stream>,
 }
 
 impl Lease {
@@ -543,8 +604,8 @@ impl Lease {
     /// an HTTP/1.1 connection goes back to the pool. Dropping a lease without calling
     /// this closes its HTTP/1.1 connection.
     pub fn release(mut self) {
-        if let Some(sender) = self.h1.take() {
-            self.host.pool.put_idle(sender);
+        if let Some(conn) = self.h1.take() {
+            self.host.pool.put_idle(&self.cluster, conn);
         }
     }
 
@@ -561,6 +622,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.cluster.breakers.at(self.priority).requests.release();
         self.cluster.stats.upstream_rq_active.dec();
         self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         self.host.active.fetch_sub(1, Ordering::Relaxed);
@@ -589,6 +651,38 @@ pub struct ClusterStats {
     pub upstream_cx_connect_fail: Counter,
     /// `upstream_cx_connect_timeout`.
     pub upstream_cx_connect_timeout: Counter,
+    /// `upstream_cx_overflow`: a connection the `max_connections` breaker refused.
+    pub upstream_cx_overflow: Counter,
+    /// `upstream_cx_idle_timeout`.
+    pub upstream_cx_idle_timeout: Counter,
+    /// `upstream_cx_max_requests`: connections closed or drained by
+    /// `max_requests_per_connection`.
+    pub upstream_cx_max_requests: Counter,
+    /// `upstream_rq_pending_total`: requests that waited for a connection.
+    pub upstream_rq_pending_total: Counter,
+    /// `upstream_rq_pending_overflow`: requests the `max_pending_requests` breaker
+    /// refused.
+    pub upstream_rq_pending_overflow: Counter,
+    /// `upstream_rq_active_overflow`: requests the `max_requests` breaker refused.
+    pub upstream_rq_active_overflow: Counter,
+    /// `upstream_rq_retry`.
+    pub upstream_rq_retry: Counter,
+    /// `upstream_rq_retry_success`.
+    pub upstream_rq_retry_success: Counter,
+    /// `upstream_rq_retry_overflow`: retries the `max_retries` breaker (or the retry
+    /// budget) refused.
+    pub upstream_rq_retry_overflow: Counter,
+    /// `upstream_rq_retry_limit_exceeded`: retriable failures with no retry left.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// `upstream_rq_retry_backoff_exponential`.
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    /// `upstream_rq_per_try_timeout`.
+    pub upstream_rq_per_try_timeout: Counter,
+    /// `upstream_rq_per_try_idle_timeout`.
+    pub upstream_rq_per_try_idle_timeout: Counter,
+    /// `retry_or_shadow_abandoned`: requests not retried because their body
+    /// outgrew the buffer limit.
+    pub retry_or_shadow_abandoned: Counter,
     /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
     classes: [Counter; 5],
     /// `upstream_rq_<code>`, created on first use (index: code - 100).
@@ -596,7 +690,7 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
-    fn new(cluster: &str) -> ClusterStats {
+    pub(crate) fn new(cluster: &str) -> ClusterStats {
         let prefix = format!("cluster.{cluster}.");
         let store = stats::global();
         let counter = |name: &str| store.counter(&format!("{prefix}{name}"));
@@ -611,6 +705,20 @@ impl ClusterStats {
             upstream_cx_http2_total: counter("upstream_cx_http2_total"),
             upstream_cx_connect_fail: counter("upstream_cx_connect_fail"),
             upstream_cx_connect_timeout: counter("upstream_cx_connect_timeout"),
+            upstream_cx_overflow: counter("upstream_cx_overflow"),
+            upstream_cx_idle_timeout: counter("upstream_cx_idle_timeout"),
+            upstream_cx_max_requests: counter("upstream_cx_max_requests"),
+            upstream_rq_pending_total: counter("upstream_rq_pending_total"),
+            upstream_rq_pending_overflow: counter("upstream_rq_pending_overflow"),
+            upstream_rq_active_overflow: counter("upstream_rq_active_overflow"),
+            upstream_rq_retry: counter("upstream_rq_retry"),
+            upstream_rq_retry_success: counter("upstream_rq_retry_success"),
+            upstream_rq_retry_overflow: counter("upstream_rq_retry_overflow"),
+            upstream_rq_retry_limit_exceeded: counter("upstream_rq_retry_limit_exceeded"),
+            upstream_rq_retry_backoff_exponential: counter("upstream_rq_retry_backoff_exponential"),
+            upstream_rq_per_try_timeout: counter("upstream_rq_per_try_timeout"),
+            upstream_rq_per_try_idle_timeout: counter("upstream_rq_per_try_idle_timeout"),
+            retry_or_shadow_abandoned: counter("retry_or_shadow_abandoned"),
             classes: [1, 2, 3, 4, 5].map(|c| counter(&format!("upstream_rq_{c}xx"))),
             codes: (100..600).map(|_| OnceLock::new()).collect(),
             prefix,

@@ -1,17 +1,32 @@
-//! One endpoint's connections: the HTTP/1.1 idle stack and the HTTP/2 connection
+//! One endpoint's connections: the HTTP/1.1 idle stack and the HTTP/2 connections
 //! (see the design notes in [`super`]).
+//!
+//! A request first looks for a ready connection: an idle HTTP/1.1 connection, or an
+//! HTTP/2 connection with fewer streams than `max_concurrent_streams`. Finding none,
+//! it becomes *pending* (a slot of the `max_pending_requests` breaker; overflow is a
+//! 503 with flag UO) and either opens a connection, if `max_connections` allows (or
+//! the host has none at all, as in Envoy), or waits until a connection of the host
+//! goes idle, frees a stream or closes. The route's timeout bounds the wait.
+//!
+//! Every connection's task also enforces `idle_timeout` (the connection is closed
+//! once it has had no request for that long; `upstream_cx_idle_timeout`), and a
+//! connection that served `max_requests_per_connection` requests is closed
+//! (HTTP/1.1, after its last response) or drained (HTTP/2: no new streams)
+//! (`upstream_cx_max_requests`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
+use super::breaker::{ConnectionSlot, Level, Slot};
 use super::host::{bump, Host};
 use super::{ClusterUpstream, UpstreamError};
 use crate::http::body::Body;
@@ -23,15 +38,96 @@ const MAX_IDLE: usize = 1024;
 const MAX_STALE: usize = 8;
 /// HTTP/2 windows, as Envoy's defaults for clusters (256 MiB).
 const H2_WINDOW: u32 = 268_435_456;
+/// A pending request looks again this often even without a wake-up (a connection
+/// closed by its peer wakes nobody until its task notices).
+const PENDING_RECHECK: Duration = Duration::from_millis(50);
+
+/// Milliseconds since the process's first use of the pools (for idle times).
+fn now_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// What a connection's task and its users share.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// Requests sent on it so far.
+    requests: AtomicU32,
+    /// HTTP/2 streams in flight.
+    active: AtomicU32,
+    /// When it last became idle (`now_millis`), 0 while in use.
+    idle_since: AtomicU64,
+    /// No new requests (max_requests_per_connection reached).
+    draining: AtomicBool,
+}
+
+impl ConnState {
+    fn set_idle(&self) {
+        self.idle_since.store(now_millis(), Ordering::Relaxed);
+    }
+
+    fn set_busy(&self) {
+        self.idle_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a request; whether it was the last one the connection may take.
+    fn count_request(&self, max: Option<u32>) -> bool {
+        let served = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        max.is_some_and(|max| served >= max)
+    }
+}
+
+/// An HTTP/1.1 connection while one request uses it.
+#[derive(Debug)]
+pub(crate) struct H1Conn {
+    sender: http1::SendRequest<Body>,
+    state: Arc<ConnState>,
+    /// It may not take another request.
+    last: bool,
+}
+
+/// A request's hold on an HTTP/2 connection: one stream.
+#[derive(Debug)]
+pub(crate) struct H2Stream {
+    state: Arc<ConnState>,
+    host: Arc<Host>,
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        if self.state.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state.set_idle();
+        }
+        self.host.pool.released.notify_one();
+    }
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    state: Arc<ConnState>,
+}
 
 /// The connections to one endpoint.
 #[derive(Debug)]
 pub(crate) struct EndpointPool {
     /// The endpoint.
     pub(crate) address: SocketAddr,
-    idle: Mutex<Vec<http1::SendRequest<Body>>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    idle: Mutex<Vec<H1Conn>>,
+    h2: Mutex<Vec<H2Conn>>,
     h2_connecting: tokio::sync::Mutex<()>,
+    /// Woken when a connection goes idle, frees a stream or closes: pending requests
+    /// wait on it.
+    released: Notify,
+    /// Connections open (or being opened) to this endpoint.
+    open: AtomicU32,
+}
+
+impl std::fmt::Debug for H2Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Conn")
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 impl EndpointPool {
@@ -39,8 +135,10 @@ impl EndpointPool {
         EndpointPool {
             address,
             idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            h2: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
+            released: Notify::new(),
+            open: AtomicU32::new(0),
         }
     }
 
@@ -51,19 +149,74 @@ impl EndpointPool {
         }
     }
 
-    /// Returns a connection whose exchange completed.
-    pub(crate) fn put_idle(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
+    /// Returns a connection whose exchange completed (closed instead when it served
+    /// `max_requests_per_connection` requests).
+    pub(crate) fn put_idle(&self, cluster: &ClusterUpstream, conn: H1Conn) {
+        if conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
+        if conn.last {
+            cluster.stats.upstream_cx_max_requests.inc();
+            return;
         }
+        conn.state.set_idle();
+        {
+            let mut idle = self.idle.lock().expect("pool lock");
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        self.released.notify_one();
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<Body>> {
+    fn take_idle(&self) -> Option<H1Conn> {
         self.idle.lock().expect("pool lock").pop()
+    }
+
+    /// Whether a new connection may be opened: the `max_connections` breaker, or
+    /// the host has no connection at all. Takes the connection slot.
+    /// `overflowed`: whether this request already counted an overflow (counted once
+    /// per request, however often it looks again).
+    fn may_connect(
+        &self,
+        cluster: &ClusterUpstream,
+        level: &Level,
+        overflowed: &mut bool,
+    ) -> Option<ConnectionSlot> {
+        if level.connections.try_acquire() {
+            return Some(ConnectionSlot(Arc::clone(&level.connections)));
+        }
+        if !*overflowed {
+            *overflowed = true;
+            cluster.stats.upstream_cx_overflow.inc();
+        }
+        if self.open.load(Ordering::Relaxed) == 0 {
+            level.connections.acquire_anyway();
+            return Some(ConnectionSlot(Arc::clone(&level.connections)));
+        }
+        None
+    }
+
+    /// Waits (as a pending request) for a connection to go idle or close.
+    async fn wait_released(&self) {
+        let _ = tokio::time::timeout(PENDING_RECHECK, self.released.notified()).await;
+    }
+
+    /// Becomes pending: takes a `max_pending_requests` slot.
+    fn pend<'a>(
+        &self,
+        cluster: &ClusterUpstream,
+        level: &'a Level,
+    ) -> Result<Slot<'a>, UpstreamError> {
+        if !level.pending.try_acquire() {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return Err(UpstreamError::Overflow {
+                endpoint: self.address,
+                resource: "pending requests",
+            });
+        }
+        cluster.stats.upstream_rq_pending_total.inc();
+        Ok(Slot(&level.pending))
     }
 
     async fn connect(
@@ -100,36 +253,108 @@ impl EndpointPool {
         }
     }
 
+    /// Drives a connection until it ends or stays idle for `idle_timeout`, then
+    /// updates the counts and wakes the pending requests.
+    fn spawn_connection<F, E>(
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        slot: ConnectionSlot,
+        state: Arc<ConnState>,
+        connection: F,
+    ) where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        let active = cluster.stats.upstream_cx_active.clone();
+        let idle_timeouts = cluster.stats.upstream_cx_idle_timeout.clone();
+        let idle_timeout = cluster.pool.idle_timeout;
+        let host = Arc::clone(host);
+        tokio::spawn(async move {
+            let endpoint = host.address;
+            let mut connection = std::pin::pin!(connection);
+            let result = match idle_timeout {
+                None => connection.await,
+                Some(timeout) => loop {
+                    let idle_since = state.idle_since.load(Ordering::Relaxed);
+                    let wait = if idle_since == 0 {
+                        timeout
+                    } else {
+                        timeout.saturating_sub(Duration::from_millis(
+                            now_millis().saturating_sub(idle_since),
+                        ))
+                    };
+                    tokio::select! {
+                        result = connection.as_mut() => break result,
+                        _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {
+                            let idle_since = state.idle_since.load(Ordering::Relaxed);
+                            if idle_since != 0
+                                && now_millis().saturating_sub(idle_since) >= timeout.as_millis() as u64
+                            {
+                                idle_timeouts.inc();
+                                // Dropping the connection closes it.
+                                break Ok(());
+                            }
+                        }
+                    }
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(%endpoint, "upstream connection ended: {e}");
+            }
+            state.draining.store(true, Ordering::Relaxed);
+            active.dec();
+            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+            host.pool.open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+            host.pool.released.notify_one();
+        });
+    }
+
     async fn connect_h1(
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
+        slot: ConnectionSlot,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let stream = self.connect(cluster, host).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.reset(e))?;
-        cluster.stats.upstream_cx_http1_total.inc();
-        cluster.stats.upstream_cx_active.inc();
-        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        let active = cluster.stats.upstream_cx_active.clone();
-        let host = Arc::clone(host);
-        let endpoint = self.address;
-        tokio::spawn(async move {
-            let result = if upgrades {
-                connection.with_upgrades().await
-            } else {
-                connection.await
-            };
-            if let Err(e) = result {
-                tracing::debug!(%endpoint, "upstream HTTP/1.1 connection ended: {e}");
+    ) -> Result<H1Conn, UpstreamError> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let connected = async {
+            let stream = self.connect(cluster, host).await?;
+            http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.reset(e))
+        }
+        .await;
+        let (sender, connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+                self.released.notify_one();
+                return Err(e);
             }
-            active.dec();
-            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(sender)
+        };
+        cluster.stats.upstream_cx_http1_total.inc();
+        let state = Arc::new(ConnState::default());
+        if upgrades {
+            Self::spawn_connection(
+                cluster,
+                host,
+                slot,
+                Arc::clone(&state),
+                connection.with_upgrades(),
+            );
+        } else {
+            Self::spawn_connection(cluster, host, slot, Arc::clone(&state), connection);
+        }
+        Ok(H1Conn {
+            sender,
+            state,
+            last: false,
+        })
     }
 
     /// Sends on an idle pooled connection, or on a new one.
@@ -137,35 +362,87 @@ impl EndpointPool {
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
+        level: &Level,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
+        let unsent = match self.send_on_idle(cluster, request).await? {
+            Ok(sent) => return Ok(sent),
+            Err(unsent) => unsent,
+        };
+        // Boxed: waiting and connecting are the cold path, and their future would
+        // otherwise make every request's future (moved per request) larger.
+        Box::pin(self.send_h1_pending(cluster, host, level, unsent)).await
+    }
+
+    /// Sends on an idle connection if one is usable; gives the request back if not.
+    async fn send_on_idle(
+        &self,
+        cluster: &ClusterUpstream,
         mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, http1::SendRequest<Body>), UpstreamError> {
+    ) -> Result<Result<(Response<Incoming>, H1Conn), Request<Body>>, UpstreamError> {
         for _ in 0..MAX_STALE {
-            let Some(mut sender) = self.take_idle() else {
+            let Some(mut conn) = self.take_idle() else {
                 break;
             };
-            if sender.is_closed() {
+            if conn.sender.is_closed() {
                 continue;
             }
             // Released as soon as both bodies ended: the connection task may not have
             // turned idle yet, which takes it a moment at most.
-            if !sender.is_ready() && sender.ready().await.is_err() {
+            if !conn.sender.is_ready() && conn.sender.ready().await.is_err() {
                 continue;
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, sender)),
+            conn.state.set_busy();
+            match conn.sender.try_send_request(request).await {
+                Ok(response) => {
+                    cluster.stats.upstream_rq_total.inc();
+                    conn.last = conn
+                        .state
+                        .count_request(cluster.pool.max_requests_per_connection);
+                    return Ok(Ok((response, conn)));
+                }
                 Err(mut e) => match e.take_message() {
                     // Not written: the upstream closed it meanwhile; try another.
                     Some(unsent) => request = unsent,
-                    None => return Err(self.reset(e.into_error())),
+                    None => {
+                        cluster.stats.upstream_rq_total.inc();
+                        return Err(self.reset(e.into_error()));
+                    }
                 },
             }
         }
-        // Boxed: connecting is the cold path, and its future would otherwise make
-        // every request's future (moved and zeroed per request) much larger.
-        let mut sender = Box::pin(self.connect_h1(cluster, host, false)).await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok((response, sender)),
-            Err(e) => Err(self.reset(e)),
+        Ok(Err(request))
+    }
+
+    /// No idle connection: the request is pending until a new connection is made, or
+    /// (at `max_connections`) until one of the host's connections goes idle or closes.
+    async fn send_h1_pending(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        level: &Level,
+        mut request: Request<Body>,
+    ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
+        let pending = self.pend(cluster, level)?;
+        let mut overflowed = false;
+        loop {
+            if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
+                let mut conn = self.connect_h1(cluster, host, slot, false).await?;
+                drop(pending);
+                conn.last = conn
+                    .state
+                    .count_request(cluster.pool.max_requests_per_connection);
+                cluster.stats.upstream_rq_total.inc();
+                return match conn.sender.send_request(request).await {
+                    Ok(response) => Ok((response, conn)),
+                    Err(e) => Err(self.reset(e)),
+                };
+            }
+            self.wait_released().await;
+            match self.send_on_idle(cluster, request).await? {
+                Ok(sent) => return Ok(sent),
+                Err(unsent) => request = unsent,
+            }
         }
     }
 
@@ -174,90 +451,163 @@ impl EndpointPool {
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
+        level: &Level,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect_h1(cluster, host, true).await?;
-        sender
+        let slot = match self.may_connect(cluster, level, &mut false) {
+            Some(slot) => slot,
+            None => {
+                return Err(UpstreamError::Overflow {
+                    endpoint: self.address,
+                    resource: "connections",
+                })
+            }
+        };
+        let mut conn = self.connect_h1(cluster, host, slot, true).await?;
+        cluster.stats.upstream_rq_total.inc();
+        conn.sender
             .send_request(request)
             .await
             .map_err(|e| self.reset(e))
     }
 
-    fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
-        self.h2
-            .lock()
-            .expect("pool lock")
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned()
-    }
-
-    async fn h2_sender(
+    /// An HTTP/2 connection with a free stream, the stream taken.
+    fn h2_with_capacity(
         &self,
-        cluster: &ClusterUpstream,
         host: &Arc<Host>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        if let Some(sender) = self.current_h2() {
-            return Ok(sender);
-        }
-        Box::pin(self.connect_h2(cluster, host)).await
+        max_streams: u32,
+    ) -> Option<(http2::SendRequest<Body>, H2Stream)> {
+        let mut conns = self.h2.lock().expect("pool lock");
+        conns.retain(|c| !c.sender.is_closed() && !c.state.draining.load(Ordering::Relaxed));
+        let conn = conns
+            .iter()
+            .find(|c| c.state.active.load(Ordering::Relaxed) < max_streams)?;
+        conn.state.active.fetch_add(1, Ordering::Relaxed);
+        conn.state.set_busy();
+        Some((
+            conn.sender.clone(),
+            H2Stream {
+                state: Arc::clone(&conn.state),
+                host: Arc::clone(host),
+            },
+        ))
     }
 
     async fn connect_h2(
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let _connecting = self.h2_connecting.lock().await;
-        if let Some(sender) = self.current_h2() {
-            return Ok(sender);
+        slot: ConnectionSlot,
+    ) -> Result<(), UpstreamError> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let connected = async {
+            let stream = self.connect(cluster, host).await?;
+            http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(H2_WINDOW)
+                .initial_connection_window_size(H2_WINDOW)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.reset(e))
         }
-        let stream = self.connect(cluster, host).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(H2_WINDOW)
-            .initial_connection_window_size(H2_WINDOW)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.reset(e))?;
-        cluster.stats.upstream_cx_http2_total.inc();
-        cluster.stats.upstream_cx_active.inc();
-        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        let active = cluster.stats.upstream_cx_active.clone();
-        let host = Arc::clone(host);
-        let endpoint = self.address;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%endpoint, "upstream HTTP/2 connection ended: {e}");
+        .await;
+        let (sender, connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+                self.released.notify_one();
+                return Err(e);
             }
-            active.dec();
-            host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-        });
-        *self.h2.lock().expect("pool lock") = Some(sender.clone());
-        Ok(sender)
+        };
+        cluster.stats.upstream_cx_http2_total.inc();
+        let state = Arc::new(ConnState::default());
+        Self::spawn_connection(cluster, host, slot, Arc::clone(&state), connection);
+        self.h2
+            .lock()
+            .expect("pool lock")
+            .push(H2Conn { sender, state });
+        Ok(())
     }
 
-    /// Sends on the endpoint's HTTP/2 connection (made on first use, and again if
-    /// it closed).
+    /// A stream on one of the endpoint's HTTP/2 connections (a new connection when
+    /// every one is at `max_concurrent_streams`).
+    async fn h2_stream(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        level: &Level,
+    ) -> Result<(http2::SendRequest<Body>, H2Stream), UpstreamError> {
+        let max_streams = cluster.pool.max_concurrent_streams;
+        if let Some(ready) = self.h2_with_capacity(host, max_streams) {
+            return Ok(ready);
+        }
+        // Boxed: the cold path (see `send_h1`).
+        Box::pin(self.h2_stream_pending(cluster, host, level)).await
+    }
+
+    /// No HTTP/2 connection with a free stream: pending until one is made or freed.
+    async fn h2_stream_pending(
+        &self,
+        cluster: &ClusterUpstream,
+        host: &Arc<Host>,
+        level: &Level,
+    ) -> Result<(http2::SendRequest<Body>, H2Stream), UpstreamError> {
+        let max_streams = cluster.pool.max_concurrent_streams;
+        let _pending = self.pend(cluster, level)?;
+        let mut overflowed = false;
+        loop {
+            {
+                // One handshake at a time: concurrent callers share it.
+                let _connecting = self.h2_connecting.lock().await;
+                if let Some(ready) = self.h2_with_capacity(host, max_streams) {
+                    return Ok(ready);
+                }
+                if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
+                    self.connect_h2(cluster, host, slot).await?;
+                    continue;
+                }
+            }
+            self.wait_released().await;
+            if let Some(ready) = self.h2_with_capacity(host, max_streams) {
+                return Ok(ready);
+            }
+        }
+    }
+
+    /// Sends on one of the endpoint's HTTP/2 connections.
     pub(crate) async fn send_h2(
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
+        level: &Level,
         mut request: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, H2Stream), UpstreamError> {
+        let max_requests = cluster.pool.max_requests_per_connection;
         let mut retried = false;
         loop {
-            let mut sender = self.h2_sender(cluster, host).await?;
+            let (mut sender, stream) = self.h2_stream(cluster, host, level).await?;
+            if stream.state.count_request(max_requests) {
+                // The last stream it takes: no new ones, it closes once they end.
+                stream.state.draining.store(true, Ordering::Relaxed);
+                cluster.stats.upstream_cx_max_requests.inc();
+            }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    cluster.stats.upstream_rq_total.inc();
+                    return Ok((response, stream));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !retried => {
                         // The connection went away (GOAWAY or close) before the
-                        // stream opened: forget it and use a new one.
+                        // stream opened: forget it and use another.
                         retried = true;
                         request = unsent;
-                        *self.h2.lock().expect("pool lock") = None;
+                        stream.state.draining.store(true, Ordering::Relaxed);
                     }
-                    _ => return Err(self.reset(e.into_error())),
+                    _ => {
+                        cluster.stats.upstream_rq_total.inc();
+                        return Err(self.reset(e.into_error()));
+                    }
                 },
             }
         }

@@ -96,6 +96,7 @@ fn route_to(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
             hash_policy,
             upgrades: Vec::new(),
             max_stream_duration: None,
+            options: Default::default(),
         })),
         headers: HeaderMutations::default(),
         decorator: None,

@@ -244,9 +244,10 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
         overprovisioning_factor,
         common_lb: common_lb_config(c.common_lb_config.as_ref(), &join(path, "common_lb_config"))?,
         upstream_protocol: upstream_protocol(c, path)?,
+        circuit_breakers: super::breakers::circuit_breakers(c, path)?,
+        pool: super::breakers::pool_options(c, path)?,
         health_checks,
         outlier_detection,
-        ..model::Cluster::default()
     })
 }
 
@@ -681,11 +682,8 @@ fn upstream_protocol(c: &cluster::Cluster, path: &str) -> Result<model::Upstream
 /// keel has nowhere to put HTTP/2 settings for upstream connections yet: only an empty
 /// `http2_protocol_options` is accepted on a cluster.
 fn no_cluster_http2_settings(h2: &core::Http2ProtocolOptions, path: &str) -> Result<()> {
+    // max_concurrent_streams is read by `breakers::pool_options`.
     let set = [
-        (
-            "max_concurrent_streams",
-            h2.max_concurrent_streams.is_some(),
-        ),
         (
             "initial_stream_window_size",
             h2.initial_stream_window_size.is_some(),

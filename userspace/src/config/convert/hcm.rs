@@ -98,6 +98,15 @@ pub(super) fn http_connection_manager(
 
     let common_path = join(path, "common_http_protocol_options");
     let common = config.common_http_protocol_options.as_ref();
+    if common.is_some_and(|c| c.max_requests_per_connection.is_some()) {
+        // The field is supported on clusters (upstream connections); the table of
+        // supported fields cannot tell the two places apart.
+        return Err(ConfigError::field(
+            join(&common_path, "max_requests_per_connection"),
+            "not supported for downstream connections yet (keel supports it on a cluster's \
+             HttpProtocolOptions)",
+        ));
+    }
     let timeouts = m::HttpTimeouts {
         request: timeout(
             config.request_timeout.as_ref(),

@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::envoy::r#type::v3 as types;
+use envoy_types::pb::google::protobuf as wkt;
 
 use super::hcm::{header_value, is_token_byte};
 use super::{duration, known_cluster, timeout, Result};
@@ -32,6 +33,13 @@ const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_DIRECT_RESPONSE_BODY: usize = 4096;
 /// 100% in parts per million.
 const MILLION: u32 = 1_000_000;
+/// The retry host predicate keel implements, and its config message.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+const PREVIOUS_HOSTS_TYPE: &str =
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+/// The listener's `per_connection_buffer_limit_bytes` (Envoy's default; keel has no
+/// setting for it yet).
+const LISTENER_BUFFER_LIMIT: u64 = 1 << 20;
 /// The `retry_on` conditions Envoy knows (HTTP, then gRPC).
 const RETRY_ON: &[&str] = &[
     "5xx",
@@ -153,12 +161,36 @@ fn virtual_host(
         .map(|(i, d)| domain(d, &index(&domains_path, i)))
         .collect::<Result<Vec<_>>>()?;
     let routes_path = join(path, "routes");
-    let routes = host
+    let mut routes = host
         .routes
         .iter()
         .enumerate()
         .map(|(i, r)| convert_route(r, &index(&routes_path, i), clusters, max_body))
         .collect::<Result<Vec<_>>>()?;
+    // What routes take from their virtual host: its retry policy when they have none,
+    // its buffer limit, the attempt-count headers.
+    let vhost_retry = host
+        .retry_policy
+        .as_ref()
+        .map(|p| retry_policy(p, &join(path, "retry_policy")))
+        .transpose()?;
+    #[allow(deprecated)]
+    let vhost_limit = buffer_limit(
+        host.request_body_buffer_limit.as_ref(),
+        host.per_request_buffer_limit_bytes.as_ref(),
+        path,
+    )?;
+    for route in &mut routes {
+        if let m::RouteAction::Forward(forward) = &mut route.action {
+            if forward.retry_policy.is_none() {
+                forward.retry_policy.clone_from(&vhost_retry);
+            }
+            let options = &mut forward.options;
+            options.buffer_limit = options.buffer_limit.or(vhost_limit);
+            options.include_request_attempt_count = host.include_request_attempt_count;
+            options.include_attempt_count_in_response = host.include_attempt_count_in_response;
+        }
+    }
     Ok(m::VirtualHost {
         name: host.name.clone(),
         domains,
@@ -283,7 +315,15 @@ fn convert_route(
     let matcher = convert_match(route_match, &match_path)?;
     let action = match &r.action {
         Some(Action::Route(action)) => {
-            m::RouteAction::Forward(Box::new(forward(action, &join(path, "route"), clusters)?))
+            let mut forward = forward(action, &join(path, "route"), clusters)?;
+            #[allow(deprecated)]
+            let limit = buffer_limit(
+                r.request_body_buffer_limit.as_ref(),
+                r.per_request_buffer_limit_bytes.as_ref(),
+                path,
+            )?;
+            forward.options.buffer_limit = limit;
+            m::RouteAction::Forward(Box::new(forward))
         }
         Some(Action::Redirect(redirect)) => {
             m::RouteAction::Redirect(convert_redirect(redirect, &join(path, "redirect"))?)
@@ -797,6 +837,10 @@ fn forward(
             .map(|p| retry_policy(p, &join(path, "retry_policy")))
             .transpose()?,
         hash_policy: hash_policies(&action.hash_policy, &join(path, "hash_policy"))?,
+        options: m::ForwardOptions {
+            priority: routing_priority(action.priority, &join(path, "priority"))?,
+            ..m::ForwardOptions::default()
+        },
     })
 }
 
@@ -813,6 +857,18 @@ fn cluster_not_found_status(value: i32, path: &str) -> Result<u16> {
                 "unknown value {value}; expected SERVICE_UNAVAILABLE, NOT_FOUND or \
                  INTERNAL_SERVER_ERROR"
             ),
+        )),
+    }
+}
+
+/// A route's `priority`: DEFAULT or HIGH.
+fn routing_priority(value: i32, path: &str) -> Result<model::breakers::RoutingPriority> {
+    match core::RoutingPriority::try_from(value) {
+        Ok(core::RoutingPriority::Default) => Ok(model::breakers::RoutingPriority::Default),
+        Ok(core::RoutingPriority::High) => Ok(model::breakers::RoutingPriority::High),
+        Err(_) => Err(ConfigError::field(
+            path,
+            format!("unknown priority {value}; use DEFAULT or HIGH"),
         )),
     }
 }
@@ -1071,6 +1127,7 @@ fn regex_rewrite(
 fn retry_policy(policy: &route::RetryPolicy, path: &str) -> Result<m::RetryPolicy> {
     let retry_on_path = join(path, "retry_on");
     let mut retry_on = Vec::new();
+    let mut conditions = 0;
     for condition in policy.retry_on.split(',').map(str::trim) {
         if condition.is_empty() {
             continue;
@@ -1084,6 +1141,7 @@ fn retry_policy(policy: &route::RetryPolicy, path: &str) -> Result<m::RetryPolic
                 ),
             ));
         }
+        conditions |= m::RetryOn::condition(condition).unwrap_or(0);
         retry_on.push(condition.to_string());
     }
     let codes_path = join(path, "retriable_status_codes");
@@ -1103,6 +1161,43 @@ fn retry_policy(policy: &route::RetryPolicy, path: &str) -> Result<m::RetryPolic
                 })
         })
         .collect::<Result<Vec<_>>>()?;
+    let headers_path = join(path, "retriable_headers");
+    let retriable_headers = policy
+        .retriable_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(h, &index(&headers_path, i)))
+        .collect::<Result<Vec<_>>>()?;
+    let back_off = match &policy.retry_back_off {
+        None => m::RetryBackOff::default(),
+        Some(b) => retry_back_off(b, &join(path, "retry_back_off"))?,
+    };
+    let predicates_path = join(path, "retry_host_predicate");
+    let mut previous_hosts = false;
+    for (i, predicate) in policy.retry_host_predicate.iter().enumerate() {
+        let predicate_path = index(&predicates_path, i);
+        if predicate.name != PREVIOUS_HOSTS {
+            return Err(ConfigError::field(
+                join(&predicate_path, "name"),
+                format!(
+                    "\"{}\" is not supported; keel knows the retry host predicate {PREVIOUS_HOSTS} \
+                     (typed_config @type type.googleapis.com/{PREVIOUS_HOSTS_TYPE})",
+                    predicate.name
+                ),
+            ));
+        }
+        previous_hosts = true;
+    }
+    let host_selection_retry_max_attempts = match policy.host_selection_retry_max_attempts {
+        0 => 1,
+        n if n < 0 => {
+            return Err(ConfigError::field(
+                join(path, "host_selection_retry_max_attempts"),
+                "must not be negative",
+            ))
+        }
+        n => u32::try_from(n).unwrap_or(u32::MAX),
+    };
     Ok(m::RetryPolicy {
         retry_on,
         num_retries: policy.num_retries.as_ref().map_or(1, |n| n.value),
@@ -1113,7 +1208,74 @@ fn retry_policy(policy: &route::RetryPolicy, path: &str) -> Result<m::RetryPolic
             &join(path, "per_try_timeout"),
         )?,
         retriable_status_codes,
+        conditions: m::RetryOn(conditions),
+        per_try_idle_timeout: timeout(
+            policy.per_try_idle_timeout.as_ref(),
+            None,
+            &join(path, "per_try_idle_timeout"),
+        )?,
+        retriable_headers,
+        back_off,
+        previous_hosts,
+        host_selection_retry_max_attempts,
     })
+}
+
+/// `retry_back_off`: `base_interval` is required and above 0; `max_interval`, when
+/// given, is at least `base_interval` (Envoy's checks).
+fn retry_back_off(b: &route::retry_policy::RetryBackOff, path: &str) -> Result<m::RetryBackOff> {
+    let base_path = join(path, "base_interval");
+    let Some(base) = &b.base_interval else {
+        return Err(ConfigError::field(
+            base_path,
+            "missing; give the first retry's back-off, e.g. 0.025s (Envoy's default)",
+        ));
+    };
+    let base_interval = duration(base, &base_path)?;
+    if base_interval < Duration::from_millis(1) {
+        return Err(ConfigError::field(base_path, "must be at least 1ms"));
+    }
+    let max_interval = match &b.max_interval {
+        None => base_interval * 10,
+        Some(max) => {
+            let max_path = join(path, "max_interval");
+            let max = duration(max, &max_path)?;
+            if max < base_interval {
+                return Err(ConfigError::field(
+                    max_path,
+                    format!(
+                        "{max:?} is less than base_interval ({base_interval:?}); it must be at \
+                         least base_interval"
+                    ),
+                ));
+            }
+            max
+        }
+    };
+    Ok(m::RetryBackOff {
+        base_interval,
+        max_interval,
+    })
+}
+
+/// The request body kept for retries, from `request_body_buffer_limit` or the
+/// deprecated `per_request_buffer_limit_bytes` (capped by the listener's limit, which
+/// keel keeps at Envoy's default 1 MiB).
+fn buffer_limit(
+    request_body_buffer_limit: Option<&wkt::UInt64Value>,
+    per_request_buffer_limit_bytes: Option<&wkt::UInt32Value>,
+    path: &str,
+) -> Result<Option<u64>> {
+    match (request_body_buffer_limit, per_request_buffer_limit_bytes) {
+        (Some(_), Some(_)) => Err(ConfigError::field(
+            join(path, "per_request_buffer_limit_bytes"),
+            "request_body_buffer_limit is set too; give only one (per_request_buffer_limit_bytes \
+             is deprecated)",
+        )),
+        (Some(limit), None) => Ok(Some(limit.value)),
+        (None, Some(limit)) => Ok(Some(u64::from(limit.value).min(LISTENER_BUFFER_LIMIT))),
+        (None, None) => Ok(None),
+    }
 }
 
 fn convert_redirect(redirect: &route::RedirectAction, path: &str) -> Result<m::Redirect> {
