@@ -229,6 +229,9 @@ pub(crate) struct Downstream {
     /// A stable 64-bit value for the request: the hash of its `x-request-id` (so a
     /// request id always routes alike, as in Envoy), else random.
     pub random: u64,
+    /// The request is internal (`internal_address_config`): its `x-envoy-*` control
+    /// headers are trusted.
+    pub internal: bool,
 }
 
 impl HeaderPolicy {
@@ -393,7 +396,11 @@ impl HeaderPolicy {
             scan.request_id_hash
                 .unwrap_or_else(crate::upstream::fast_random)
         };
-        Downstream { remote, random }
+        Downstream {
+            remote,
+            random,
+            internal,
+        }
     }
 
     /// Applies the connection manager's response mutations (`upgrade`: a `101` to an

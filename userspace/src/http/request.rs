@@ -37,6 +37,9 @@ pub(crate) struct RequestMeta {
     pub random: u64,
     /// The downstream side of an allowed upgrade.
     pub upgrade: Option<OnUpgrade>,
+    /// The request is internal (`internal_address_config`): its `x-envoy-*` control
+    /// headers are trusted.
+    pub internal: bool,
     /// The request body has not been read and is not empty: a local reply closes an
     /// HTTP/1 connection (as Envoy does for a response before the request's end).
     pub body_unread: bool,
@@ -118,6 +121,7 @@ impl Connection {
             filters_ran: 0,
             random: 0,
             upgrade: None,
+            internal: false,
             body_unread: http1 && !body.is_end_stream(),
         };
 
@@ -154,6 +158,7 @@ impl Connection {
         }
 
         meta.random = downstream.random;
+        meta.internal = downstream.internal;
         if hcm.config.options.always_set_request_id_in_response {
             stream.response_request_id = parts.headers.get(X_REQUEST_ID).cloned();
         }

@@ -712,6 +712,7 @@ async fn future_sizes() {
         filters_ran: 0,
         random: 0,
         upgrade: None,
+        internal: false,
         body_unread: false,
     };
     let forward_future = conn.forward(
