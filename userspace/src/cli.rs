@@ -174,6 +174,9 @@ fn load_bootstrap(cli: &Cli) -> anyhow::Result<Bootstrap> {
     Ok(bootstrap.clone())
 }
 
+/// The longest start-up waits for the first round of health checks.
+const FIRST_HEALTH_CHECK_ROUND: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves until SIGINT, SIGTERM or `POST /quitquitquit` on the admin API (or returns
 /// after start-up in init_only mode).
 async fn serve(
@@ -197,6 +200,15 @@ async fn serve(
         Some(upstreams) => crate::upstream::health::start(upstreams)?,
         None => None,
     };
+    if let Some(checkers) = &health_checkers {
+        // As Envoy, initialization ends once the first round of health checks is done.
+        if !checkers.first_round(FIRST_HEALTH_CHECK_ROUND).await {
+            tracing::warn!(
+                "the first round of health checks took longer than {FIRST_HEALTH_CHECK_ROUND:?}; \
+                 serving anyway"
+            );
+        }
+    }
     if let Some((admin, _)) = &admin {
         admin.set_upstreams(listeners.upstreams.clone());
         // Userspace listeners in order, as `listener::start` reports their addresses.

@@ -13,6 +13,7 @@
 //! Envoy in a venv), builds keel and its own backend and clients (`xtask/bench-tools`)
 //! in release, and raises its RLIMIT_NOFILE (inherited by what it starts only).
 
+mod health;
 mod http;
 mod httpload;
 mod l4;
@@ -39,7 +40,7 @@ use crate::setup;
 #[derive(Args)]
 pub struct BenchArgs {
     /// Scenarios to run (all when none is given): l4, h1, h2c, grpc, h1-newconn,
-    /// latency, large, memory.
+    /// latency, large, memory, health.
     pub scenarios: Vec<String>,
     /// Short runs, for CI and quick checks (results go to `*-quick.json`).
     #[arg(long)]
@@ -142,6 +143,11 @@ const SCENARIOS: &[Scenario] = &[
         "memory",
         "RSS idle, per idle HTTP/1.1 connection and per open HTTP/2 stream: keel vs Envoy, HAProxy, nginx",
         memory::run,
+    ),
+    (
+        "health",
+        "HTTP request latency while 10,000 endpoints are health-checked every second",
+        health::run,
     ),
 ];
 

@@ -320,9 +320,19 @@ fn text(clusters: &[ClusterHosts]) -> String {
     out
 }
 
-/// `{"value": x}` (`envoy.type.v3.Percent`) when `x` was computed.
+/// `envoy.type.v3.Percent` when `x` was computed: `{"value": x}`, or `{}` for 0 (a
+/// proto3 default), as Envoy prints it.
 fn percent(value: f64) -> Option<Value> {
-    (value >= 0.0).then(|| json!({ "value": value }))
+    if value < 0.0 {
+        return None;
+    }
+    if value == 0.0 {
+        return Some(json!({}));
+    }
+    if value.fract() == 0.0 && value <= 100.0 {
+        return Some(json!({ "value": value as i64 }));
+    }
+    Some(json!({ "value": value }))
 }
 
 /// `envoy.admin.v3.Clusters` in proto3 JSON (zero values and the default COUNTER type
@@ -595,7 +605,7 @@ mod health_tests {
         let cluster = &json["cluster_statuses"][0];
         assert_eq!(
             cluster["success_rate_ejection_threshold"],
-            json!({"value": 52.0})
+            json!({"value": 52})
         );
         assert!(cluster
             .get("local_origin_success_rate_ejection_threshold")
@@ -609,7 +619,9 @@ mod health_tests {
                 "eds_health_status": "HEALTHY"
             })
         );
-        assert_eq!(host["success_rate"], json!({"value": 40.0}));
+        assert_eq!(host["success_rate"], json!({"value": 40}));
+        assert_eq!(percent(0.0), Some(json!({})), "0 is a proto3 default");
+        assert_eq!(percent(66.5), Some(json!({"value": 66.5})));
         assert_eq!(
             cluster["circuit_breakers"]["thresholds"][1],
             json!({"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024,

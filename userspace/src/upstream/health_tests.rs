@@ -676,3 +676,77 @@ async fn a_thousand_hosts_are_each_checked_every_round() {
         "{per_host:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_ejects_the_outlier_as_envoy_computes_it() {
+    let mut backends = Vec::new();
+    for _ in 0..5 {
+        backends.push(start_backend().await);
+    }
+    backends[0].status.store(503, Ordering::Relaxed);
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+    let extra = r#"    outlier_detection:
+      interval: 0.5s
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+      consecutive_5xx: 100000
+      consecutive_gateway_failure: 100000
+"#;
+    let keel = Keel::start(&bootstrap("od_rate", &addresses, extra)).await;
+    let detector = keel
+        .cluster("od_rate")
+        .health
+        .outlier
+        .clone()
+        .expect("a detector");
+    let deadline = Instant::now() + PATIENCE;
+    // Batches of requests until an interval saw 100 per host and ejected host 0.
+    while keel.flags("od_rate", addresses[0]) & HealthFlags::FAILED_OUTLIER_CHECK == 0 {
+        assert!(Instant::now() < deadline, "no success-rate ejection");
+        keel.requests(100).await;
+    }
+    // Same as Envoy 1.40 for rates [0, 100, 100, 100, 100]: average 80, stdev 40,
+    // threshold 80 - 1.9 × 40 = 4.
+    let figures = detector.figures();
+    assert_eq!(figures.success_rate_average, 80.0);
+    assert!((figures.success_rate_ejection_threshold - 4.0).abs() < 1e-9);
+    let prefix = "cluster.od_rate.outlier_detection.";
+    assert_eq!(
+        counter(&format!("{prefix}ejections_enforced_success_rate")),
+        1
+    );
+    assert_eq!(
+        counter(&format!("{prefix}ejections_detected_success_rate")),
+        1
+    );
+    assert_eq!(
+        counter(&format!("{prefix}ejections_total")),
+        0,
+        "as Envoy 1.40"
+    );
+    let hosts = keel.cluster("od_rate").hosts();
+    assert_eq!(hosts.hosts[0].outlier.success_rate(), 0.0);
+    assert_eq!(hosts.hosts[1].outlier.success_rate(), 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_follow_a_replaced_host_set() {
+    let (a, b) = (start_backend().await, start_backend().await);
+    let extra = http_check("      http_health_check: {path: /healthz}\n");
+    let keel = Keel::start(&bootstrap("hc_follow", &[a.address], &extra)).await;
+    wait_for("a passes", || keel.flags("hc_follow", a.address) == 0).await;
+    // Discovery (DNS) replaces the hosts: b is new, pending its first check.
+    let cluster = keel.cluster("hc_follow");
+    let new_host = Arc::new(super::Host::new(b.address, 1, 0));
+    cluster.set_hosts(vec![Arc::clone(&new_host)]);
+    assert_eq!(
+        new_host.health.get(),
+        HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC
+    );
+    wait_for("b is checked and passes", || new_host.health.get() == 0).await;
+    // a is no longer checked: its health endpoint may fail without anyone noticing.
+    let before = counter("cluster.hc_follow.health_check.failure");
+    a.health.store(503, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(counter("cluster.hc_follow.health_check.failure"), before);
+}

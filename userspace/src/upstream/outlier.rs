@@ -134,7 +134,7 @@ pub struct OutlierStats {
     pub ejections_overflow: Counter,
     /// `ejections_enforced_total`.
     pub ejections_enforced_total: Counter,
-    /// `ejections_total` (deprecated in Envoy: detected ejections of any type).
+    /// `ejections_total` (deprecated; Envoy 1.40 keeps it at 0, and so does keel).
     pub ejections_total: Counter,
     /// `ejections_consecutive_5xx` (deprecated in Envoy: detected).
     pub ejections_consecutive_5xx: Counter,
@@ -366,7 +366,7 @@ pub async fn run(cluster: Arc<ClusterUpstream>, mut stop: watch::Receiver<bool>)
         cluster: &cluster,
         detector: &detector,
         hosts: HashMap::new(),
-        set: 0,
+        set: None,
     };
     let interval = detector.config.interval;
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -388,7 +388,7 @@ struct DetectorTask<'a> {
     detector: &'a Detector,
     hosts: HashMap<usize, HostState>,
     /// The host set the map was last synced with.
-    set: usize,
+    set: Option<Arc<super::HostSet>>,
 }
 
 impl DetectorTask<'_> {
@@ -396,11 +396,15 @@ impl DetectorTask<'_> {
     /// theirs (an ejected one stops counting as active).
     fn sync(&mut self) {
         let set = self.cluster.hosts();
-        let pointer = Arc::as_ptr(&*set) as usize;
-        if pointer == self.set {
+        // The set itself is kept, so its address cannot be reused by a later set.
+        if self
+            .set
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, &set))
+        {
             return;
         }
-        self.set = pointer;
+        self.set = Some(Arc::clone(&set));
         let mut seen = HashMap::with_capacity(set.hosts.len());
         for host in &set.hosts {
             let key = host_key(host);
@@ -471,7 +475,8 @@ impl DetectorTask<'_> {
     fn detected(&self, kind: EjectionType) {
         let stats = &self.detector.stats;
         stats.detected(kind).inc();
-        stats.ejections_total.inc();
+        // Envoy 1.40 leaves the deprecated ejections_total at 0 (checked), while the
+        // deprecated per-type counters count detections.
         match kind {
             EjectionType::Consecutive5xx => stats.ejections_consecutive_5xx.inc(),
             EjectionType::SuccessRate => stats.ejections_success_rate.inc(),

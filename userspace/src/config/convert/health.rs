@@ -328,7 +328,7 @@ fn payload(p: &core::health_check::Payload, path: &str) -> Result<Vec<u8>> {
 /// Hex to bytes, as Envoy reads `Payload.text`; `None` if it is not hex.
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.as_bytes();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     hex.chunks(2)

@@ -46,6 +46,7 @@ mod probe;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ pub enum HealthError {
 
 /// A cluster's health-checking and outlier-detection parts, as [`ClusterUpstream`]
 /// holds them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClusterHealth {
     /// The active health check, if configured.
     pub check: Option<HealthCheck>,
@@ -107,18 +108,18 @@ impl ClusterHealth {
         }
     }
 
-    /// Hosts published by service discovery that were not in the old set start
-    /// unhealthy and pending their first check (Envoy's `/failed_active_hc
-    /// /pending_active_hc`).
+    /// A new host set is about to be published by discovery: hosts that were not in
+    /// the old set start unhealthy and pending their first check when the cluster is
+    /// health-checked (Envoy's `/failed_active_hc /pending_active_hc`).
     pub fn adopt(&self, old: &[Arc<Host>], new: &[Arc<Host>]) {
-        if self.check.is_none() {
-            return;
-        }
-        let known: std::collections::HashSet<*const Host> = old.iter().map(Arc::as_ptr).collect();
-        for host in new {
-            if !known.contains(&Arc::as_ptr(host)) {
-                host.health
-                    .set(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+        if self.check.is_some() {
+            let known: std::collections::HashSet<*const Host> =
+                old.iter().map(Arc::as_ptr).collect();
+            for host in new {
+                if !known.contains(&Arc::as_ptr(host)) {
+                    host.health
+                        .set(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC);
+                }
             }
         }
     }
@@ -171,12 +172,28 @@ pub struct HealthCheckers {
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
     clusters: usize,
+    first_round: Arc<AtomicUsize>,
 }
 
 impl HealthCheckers {
     /// Clusters with a health check or outlier detection being run.
     pub fn clusters(&self) -> usize {
         self.clusters
+    }
+
+    /// Waits until every health-checked cluster has checked each of its first hosts
+    /// once (passed, failed or timed out), or `limit` passed; returns whether the
+    /// round completed. Envoy does not finish initializing (and its listeners do not
+    /// take traffic) before this first round either.
+    pub async fn first_round(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.first_round.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 
@@ -208,9 +225,16 @@ pub fn start(upstreams: &Arc<Upstreams>) -> Result<Option<HealthCheckers>, Healt
         .map_err(HealthError::Thread)?;
     let (stop, stopped) = watch::channel(false);
     let count = clusters.len();
+    let first_round = Arc::new(AtomicUsize::new(
+        clusters.iter().filter(|c| c.health.check.is_some()).count(),
+    ));
     for cluster in clusters {
         if cluster.health.check.is_some() {
-            runtime.spawn(run_cluster(Arc::clone(&cluster), stopped.clone()));
+            runtime.spawn(run_cluster(
+                Arc::clone(&cluster),
+                stopped.clone(),
+                Arc::clone(&first_round),
+            ));
         }
         if cluster.health.outlier.is_some() {
             runtime.spawn(outlier::run(Arc::clone(&cluster), stopped.clone()));
@@ -231,6 +255,7 @@ pub fn start(upstreams: &Arc<Upstreams>) -> Result<Option<HealthCheckers>, Healt
         stop,
         thread: Some(thread),
         clusters: count,
+        first_round,
     }))
 }
 
@@ -243,6 +268,8 @@ struct Session {
     num_healthy: u32,
     num_unhealthy: u32,
     first_check: bool,
+    /// In the set the scheduler started with (counted by the first round).
+    initial: bool,
     in_flight: bool,
     kept: Option<Kept>,
 }
@@ -255,12 +282,19 @@ enum Transition {
     ChangePending,
 }
 
-/// One cluster's scheduler: runs until `stop` turns true.
-pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receiver<bool>) {
+/// One cluster's scheduler: runs until `stop` turns true. Decrements `first_round`
+/// once every host of the first set has been checked once.
+async fn run_cluster(
+    cluster: Arc<ClusterUpstream>,
+    mut stop: watch::Receiver<bool>,
+    first_round: Arc<AtomicUsize>,
+) {
     let (Some(config), Some(stats)) = (cluster.health.check.clone(), cluster.health.stats.as_ref())
     else {
+        first_round.fetch_sub(1, Ordering::AcqRel);
         return;
     };
+    let mut first_round = Some(first_round);
     let probe = Arc::new(Probe::new(
         config.checker.clone(),
         cluster.name(),
@@ -275,9 +309,10 @@ pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receive
         timers: BinaryHeap::new(),
         ready: VecDeque::new(),
         checks: JoinSet::new(),
-        set: 0,
+        set: None,
         next_generation: 0,
         first_sync: true,
+        first_round_left: cluster.hosts().hosts.len(),
     };
     tracing::debug!(cluster = %cluster.name(), checker = config.checker.kind(), "health checking");
     loop {
@@ -308,6 +343,11 @@ pub async fn run_cluster(cluster: Arc<ClusterUpstream>, mut stop: watch::Receive
         if changed {
             cluster.health_changed();
         }
+        if scheduler.first_round_left == 0 {
+            if let Some(round) = first_round.take() {
+                round.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -330,20 +370,26 @@ struct Scheduler<'a> {
     /// Hosts due but waiting for a slot.
     ready: VecDeque<(usize, u64)>,
     checks: JoinSet<Done>,
-    set: usize,
+    set: Option<Arc<super::HostSet>>,
     next_generation: u64,
     first_sync: bool,
+    /// Hosts of the first set still waiting for their first result.
+    first_round_left: usize,
 }
 
 impl Scheduler<'_> {
     /// Follows the cluster's current host set.
     fn sync(&mut self, now: Instant) {
         let set = self.cluster.hosts();
-        let pointer = Arc::as_ptr(&*set) as usize;
-        if pointer == self.set {
+        // The set itself is kept, so its address cannot be reused by a later set.
+        if self
+            .set
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, &set))
+        {
             return;
         }
-        self.set = pointer;
+        self.set = Some(Arc::clone(&set));
         let mut sessions = HashMap::with_capacity(set.hosts.len());
         for host in &set.hosts {
             let key = Arc::as_ptr(host) as usize;
@@ -365,6 +411,7 @@ impl Scheduler<'_> {
                         num_healthy: 0,
                         num_unhealthy: 0,
                         first_check: true,
+                        initial: self.first_sync,
                         in_flight: false,
                         kept: None,
                     }
@@ -372,8 +419,12 @@ impl Scheduler<'_> {
             };
             sessions.insert(key, session);
         }
-        // Hosts that left: the healthy gauge forgets them.
+        // Hosts that left: the healthy gauge forgets them, the first round stops
+        // waiting for them.
         for session in self.sessions.values() {
+            if session.initial && session.first_check {
+                self.first_round_left = self.first_round_left.saturating_sub(1);
+            }
             if !session.host.health.has(HealthFlags::FAILED_ACTIVE_HC) {
                 self.stats.healthy.dec();
             }
@@ -434,6 +485,9 @@ impl Scheduler<'_> {
         }
         session.in_flight = false;
         session.kept = done.kept;
+        if session.initial && session.first_check {
+            self.first_round_left = self.first_round_left.saturating_sub(1);
+        }
         let (transition, healthy, changed) = apply(session, self.config, self.stats, done.outcome);
         if healthy {
             if let Some(detector) = &self.cluster.health.outlier {
@@ -595,6 +649,7 @@ mod tests {
             num_healthy: 0,
             num_unhealthy: 0,
             first_check: true,
+            initial: true,
             in_flight: false,
             kept: None,
         }
@@ -650,6 +705,49 @@ mod tests {
         assert_eq!(stats.success.value(), 3);
         assert_eq!(stats.failure.value(), 5);
         assert_eq!(stats.network_failure.value(), 3);
+    }
+
+    #[test]
+    fn hosts_start_failed_and_discovered_hosts_pending() {
+        let cluster = model::Cluster {
+            name: "hc_adopt".into(),
+            endpoints: vec![model::Endpoint {
+                address: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+            }],
+            health_checks: vec![config()],
+            ..model::Cluster::default()
+        };
+        let upstreams = Upstreams::new(&[cluster]);
+        let cluster = upstreams.get("hc_adopt").unwrap();
+        let first = Arc::clone(&cluster.hosts().hosts[0]);
+        assert_eq!(
+            first.health.get(),
+            HealthFlags::FAILED_ACTIVE_HC,
+            "as Envoy 1.40 at start-up"
+        );
+        first.health.clear(HealthFlags::FAILED_ACTIVE_HC);
+        let added = Arc::new(Host::new("127.0.0.1:2".parse().unwrap(), 1, 0));
+        cluster.set_hosts(vec![Arc::clone(&first), Arc::clone(&added)]);
+        assert_eq!(first.health.get(), 0, "a host that stays keeps its health");
+        assert_eq!(
+            added.health.get(),
+            HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC
+        );
+        let gauge = |name: &str| {
+            stats::global()
+                .gauge(&format!("cluster.hc_adopt.{name}"))
+                .value()
+        };
+        assert_eq!(
+            (gauge("membership_total"), gauge("membership_healthy")),
+            (2, 1)
+        );
+        // The picker skips the pending host.
+        for _ in 0..10 {
+            let picked = cluster.pick(&super::super::PickContext::default()).unwrap();
+            assert!(Arc::ptr_eq(&picked, &first));
+        }
     }
 
     #[test]

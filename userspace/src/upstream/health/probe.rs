@@ -471,6 +471,7 @@ async fn grpc_outcome(response: http::Response<hyper::body::Incoming>) -> Result
 mod tests {
     use super::*;
 
+    #[allow(clippy::single_range_in_vec_init)] // a list of one status range
     fn check(path: &str) -> HttpCheck {
         HttpCheck {
             host: None,
