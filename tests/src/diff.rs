@@ -226,6 +226,8 @@ pub enum Version {
     H1,
     /// HTTP/2 by prior knowledge.
     H2c,
+    /// HTTP/1.0 (hyper: no `host` header unless the request gives one).
+    H10,
 }
 
 /// One request of a case.
@@ -343,6 +345,7 @@ impl RequestSpec {
         let version = match (self.client, self.version) {
             (Client::Grpc, _) | (_, Version::H2c) => "h2c",
             (_, Version::H1) => "h1",
+            (_, Version::H10) => "h10",
         };
         let client = format!("{:?}", self.client).to_lowercase();
         let mut text = format!(
@@ -1475,9 +1478,11 @@ async fn send_hyper_inner(addr: SocketAddr, r: &Prepared) -> anyhow::Result<Outc
     }
     let mut builder = hyper::Request::builder().method(r.method.as_str());
     let response = match r.version {
-        Version::H1 => {
+        Version::H1 | Version::H10 => {
             builder = builder.uri(r.path.as_str());
-            if !headers.iter().any(|(n, _)| n == "host") {
+            if r.version == Version::H10 {
+                builder = builder.version(http::Version::HTTP_10);
+            } else if !headers.iter().any(|(n, _)| n == "host") {
                 builder = builder.header("host", r.authority.as_str());
             }
             for (n, v) in &headers {
@@ -1650,6 +1655,7 @@ fn send_curl(addr: SocketAddr, r: &Prepared, dir: &Path) -> Outcome {
         .args(["-X", &r.method]);
     command.arg(match r.version {
         Version::H1 => "--http1.1",
+        Version::H10 => "--http1.0",
         Version::H2c => "--http2-prior-knowledge",
     });
     for (n, v) in &r.headers {

@@ -20,6 +20,7 @@ mod breakers;
 mod clusters;
 mod hcm;
 mod health;
+mod local_reply;
 mod route;
 
 use std::collections::HashMap;
@@ -78,10 +79,11 @@ pub(super) fn bootstrap(b: &bootstrap::Bootstrap) -> Result<model::Bootstrap> {
     };
     let datapath = datapath(&b.bootstrap_extensions, "bootstrap_extensions")?;
 
-    let (listeners, clusters) = match &b.static_resources {
+    let (mut listeners, clusters) = match &b.static_resources {
         Some(resources) => static_resources(resources, "static_resources")?,
         None => (Vec::new(), Vec::new()),
     };
+    set_user_agents(&mut listeners, &node);
     Ok(model::Bootstrap {
         node,
         admin,
@@ -90,6 +92,26 @@ pub(super) fn bootstrap(b: &bootstrap::Bootstrap) -> Result<model::Bootstrap> {
         datapath,
         config_dump: serde_json::Value::Null,
     })
+}
+
+/// `add_user_agent`: connection managers that set it learn the node's identity (Envoy's
+/// `local_info`: `--service-cluster` / `node.cluster`, `--service-node` / `node.id`).
+fn set_user_agents(listeners: &mut [model::Listener], node: &model::Node) {
+    for listener in listeners {
+        let chains = listener
+            .filter_chains
+            .iter_mut()
+            .chain(listener.default_filter_chain.as_mut());
+        for chain in chains {
+            for filter in &mut chain.filters {
+                if let model::NetworkFilter::HttpConnectionManager(hcm) = filter {
+                    if hcm.options.user_agent.is_some() {
+                        Arc::make_mut(hcm).options.user_agent = Some(node.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn admin_address(admin: &bootstrap::Admin, path: &str) -> Result<Option<model::Admin>> {
@@ -815,10 +837,34 @@ fn socket_address(
     Ok((SocketAddr::new(ip, port), protocol))
 }
 
+thread_local! {
+    /// Whether [`known_cluster`] checks (false inside a route table with
+    /// `validate_clusters: false`).
+    static VALIDATE_CLUSTERS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Sets whether cluster names are validated while converting one route table; the
+/// previous setting comes back when the guard drops. (A guard rather than a parameter
+/// through every route conversion function.)
+struct ClusterValidation(bool);
+
+impl ClusterValidation {
+    fn set(validate: bool) -> ClusterValidation {
+        ClusterValidation(VALIDATE_CLUSTERS.with(|v| v.replace(validate)))
+    }
+}
+
+impl Drop for ClusterValidation {
+    fn drop(&mut self) {
+        VALIDATE_CLUSTERS.with(|v| v.set(self.0));
+    }
+}
+
 /// Checks that `name` (at `path`) is one of `clusters`, as Envoy does for tcp_proxy and
-/// for a route table given inline (`validate_clusters` defaults to true there).
+/// for a route table given inline (`validate_clusters` defaults to true there; with
+/// false, a route may name a cluster that does not exist and answers 503 NC).
 fn known_cluster(name: &str, path: &str, clusters: &[model::Cluster]) -> Result<()> {
-    if clusters.iter().any(|c| c.name == name) {
+    if !VALIDATE_CLUSTERS.with(|v| v.get()) || clusters.iter().any(|c| c.name == name) {
         return Ok(());
     }
     let defined = if clusters.is_empty() {

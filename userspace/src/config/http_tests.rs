@@ -1157,14 +1157,69 @@ fn connection_manager_rejections() {
             "duplicate upgrade type \"websocket\"",
         ),
         (
-            "stat_prefix: s\nroute_config: {}\nhttp_protocol_options: {accept_http_10: true}\nHTTP_FILTERS",
-            "http_protocol_options.accept_http_10",
+            "stat_prefix: s\nroute_config: {}\nhttp_protocol_options: {enable_trailers: true}\nHTTP_FILTERS",
+            "http_protocol_options.enable_trailers",
             "field not supported by keel",
         ),
         (
-            "stat_prefix: s\nroute_config: {}\nadd_user_agent: true\nHTTP_FILTERS",
-            "add_user_agent",
+            "stat_prefix: s\nroute_config: {}\ntracing: {}\nHTTP_FILTERS",
+            "tracing",
             "field not supported by keel",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nstrip_matching_host_port: true\nstrip_any_host_port: true\nHTTP_FILTERS",
+            "strip_any_host_port",
+            "set only one of strip_matching_host_port and strip_any_host_port",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nvia: \"a\\nb\"\nHTTP_FILTERS",
+            "via",
+            "cannot hold NUL, CR or LF",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\ninternal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 33}]}\nHTTP_FILTERS",
+            "internal_address_config.cidr_ranges[0].prefix_len",
+            "longer than the address",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\ninternal_address_config: {unix_sockets: true}\nHTTP_FILTERS",
+            "internal_address_config.unix_sockets",
+            "TCP only",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nhttp_protocol_options: {default_host_for_http_10: a.example}\nHTTP_FILTERS",
+            "http_protocol_options.default_host_for_http_10",
+            "accept_http_10 is not set",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\npath_with_escaped_slashes_action: 9\nHTTP_FILTERS",
+            "path_with_escaped_slashes_action",
+            "unknown value 9",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{status_code: 410}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].filter",
+            "missing",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {not_health_check_filter: {}}, status_code: 100}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].status_code",
+            "give 200 to 599",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {header_filter: {header: {name: \":path\"}}}}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].filter.header_filter.header.name",
+            "reads regular request headers",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {mappers: [{filter: {response_flag_filter: {}}}]}\nHTTP_FILTERS",
+            "local_reply_config.mappers[0].filter.response_flag_filter",
+            "field not supported by keel",
+        ),
+        (
+            "stat_prefix: s\nroute_config: {}\nlocal_reply_config: {body_format: {text_format: \"%NOPE%\"}}\nHTTP_FILTERS",
+            "local_reply_config.body_format",
+            "unknown operator NOPE",
         ),
         (
             "stat_prefix: s\nroute_config: {}\nHTTP_FILTERS\naccess_log: [{typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}, filter: {status_code_filter: {comparison: {op: NE, value: {default_value: 200}}}}}]",
@@ -1239,6 +1294,26 @@ fn route_table_rejections() {
     }
 
     let route_cases: &[(&str, &str, &str)] = &[
+        (
+            "- {match: {prefix: /}, route: {cluster: app}, decorator: {propagate: true}}",
+            "decorator.operation",
+            "missing",
+        ),
+        (
+            "- {match: {prefix: /}, route: {cluster: app, host_rewrite_header: \"bad header\"}}",
+            "route.host_rewrite_header",
+            "",
+        ),
+        (
+            "- {match: {prefix: /}, route: {cluster: app, host_rewrite_path_regex: {pattern: {regex: \"^/(.*)$\"}, substitution: \"\\\\2\"}}}",
+            "route.host_rewrite_path_regex.substitution",
+            "names no capture group",
+        ),
+        (
+            "- {match: {prefix: /}, route: {cluster: app, cluster_not_found_response_code: 7}}",
+            "route.cluster_not_found_response_code",
+            "unknown value 7",
+        ),
         ("- route: {cluster: app}", "match", "missing"),
         ("- {match: {}, route: {cluster: app}}", "match", "missing the path to match"),
         (
@@ -1493,5 +1568,205 @@ fn route_upgrades_and_stream_durations() {
         ),
         &format!("{}.route.upgrade_configs[0].connect_config", route_path(0)),
         "not supported",
+    );
+}
+
+/// The connection-manager options of `HcmOptions` and the route-table options convert
+/// to the model; Envoy's defaults apply when they are not set.
+#[test]
+fn connection_manager_and_route_table_options() {
+    let yaml = format!(
+        "node: {{id: node-1, cluster: mesh-a}}\n{}",
+        with_hcm(
+            r#"
+stat_prefix: options
+use_remote_address: true
+skip_xff_append: true
+via: "1.1 keel"
+always_set_request_id_in_response: true
+preserve_external_request_id: true
+add_user_agent: true
+strip_matching_host_port: true
+internal_address_config: {cidr_ranges: [{address_prefix: 10.1.2.3, prefix_len: 8}]}
+http_protocol_options: {accept_http_10: true, default_host_for_http_10: old.example}
+path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD
+delayed_close_timeout: 2s
+stream_error_on_invalid_http_message: true
+local_reply_config:
+  mappers:
+  - filter: {status_code_filter: {comparison: {op: GE, value: {default_value: 500}}}}
+    status_code: 502
+    body: {inline_string: oops}
+    body_format_override: {json_format: {m: "%LOCAL_REPLY_BODY%"}}
+    headers_to_add: [{header: {key: x-m, value: "1"}}]
+  body_format: {text_format: "%LOCAL_REPLY_BODY%", content_type: "text/html"}
+http_filters: [{name: envoy.filters.http.router}]
+route_config:
+  validate_clusters: false
+  ignore_port_in_host_matching: true
+  most_specific_header_mutations_wins: true
+  internal_only_headers: [X-Secret]
+  max_direct_response_body_size_bytes: 10
+  virtual_hosts:
+  - name: any
+    domains: ["*"]
+    require_tls: EXTERNAL_ONLY
+    virtual_clusters:
+    - name: api
+      headers: [{name: ":path", string_match: {prefix: /api}}]
+    typed_per_filter_config: {}
+    routes:
+    - match: {prefix: /ghost}
+      name: ghost
+      decorator: {operation: ghost-op}
+      metadata: {filter_metadata: {team: {owner: mesh}}}
+      route: {cluster: no-such-cluster, cluster_not_found_response_code: INTERNAL_SERVER_ERROR}
+    - match: {prefix: /h}
+      route: {cluster: app, host_rewrite_header: X-Host}
+    - match: {prefix: /p}
+      route: {cluster: app, host_rewrite_path_regex: {pattern: {regex: "^/p/(\\w+)"}, substitution: "\\1.svc"}}
+    - match: {prefix: /}
+      direct_response: {status: 200, body: {inline_string: "ten bytes!"}}
+"#
+        )
+    );
+    let model = load(&yaml);
+    let hcm = hcm_of(&model);
+    let o = &hcm.options;
+    assert!(o.skip_xff_append && o.always_set_request_id_in_response);
+    assert!(o.preserve_external_request_id && o.accept_http_10);
+    assert!(o.stream_error_on_invalid_http_message);
+    assert_eq!(o.via.as_ref().unwrap(), "1.1 keel");
+    assert_eq!(o.strip_port, crate::model::http::StripPort::Matching);
+    assert_eq!(
+        o.internal_addresses,
+        vec![crate::model::listener::CidrRange::new(
+            "10.0.0.0".parse().unwrap(),
+            8
+        )]
+    );
+    assert_eq!(
+        o.user_agent,
+        Some(crate::model::Node {
+            id: "node-1".into(),
+            cluster: "mesh-a".into()
+        }),
+        "add_user_agent takes the node's identity"
+    );
+    assert_eq!(o.default_host_for_http_10.as_ref().unwrap(), "old.example");
+    assert_eq!(
+        o.escaped_slashes,
+        crate::model::http::EscapedSlashesAction::UnescapeAndForward
+    );
+    let local_reply = o.local_reply.as_ref().expect("local_reply_config");
+    assert_eq!(local_reply.mappers.len(), 1);
+    let mapper = &local_reply.mappers[0];
+    assert_eq!(mapper.status, Some(502));
+    assert_eq!(mapper.body.as_deref(), Some("oops"));
+    assert_eq!(mapper.headers_to_add[0].name, "x-m");
+    assert_eq!(
+        mapper.body_format.as_ref().unwrap().content_type,
+        "application/json"
+    );
+    let body_format = local_reply.body_format.as_ref().unwrap();
+    assert_eq!(body_format.content_type, "text/html");
+    assert_eq!(
+        body_format.format,
+        AccessLogFormat::Text("%LOCAL_REPLY_BODY%".into())
+    );
+
+    let routes = &hcm.route_config;
+    assert!(routes.options.ignore_port_in_host_matching);
+    assert!(routes.options.most_specific_header_mutations_wins);
+    assert_eq!(routes.options.internal_only_headers, vec!["x-secret"]);
+    let vhost = &routes.virtual_hosts[0];
+    assert_eq!(
+        vhost.options.require_tls,
+        crate::model::http::RequireTls::ExternalOnly
+    );
+    assert_eq!(vhost.options.virtual_clusters[0].name, "api");
+    let ghost = &vhost.routes[0];
+    assert_eq!(ghost.decorator.as_deref(), Some("ghost-op"));
+    assert_eq!(
+        ghost.metadata.as_ref().unwrap()["team"]["owner"],
+        serde_json::json!("mesh")
+    );
+    assert_eq!(forward(ghost).cluster_not_found_status, 500);
+    assert_eq!(
+        forward(&vhost.routes[1]).host_rewrite,
+        HostRewrite::Header(http::HeaderName::from_static("x-host"))
+    );
+    match &forward(&vhost.routes[2]).host_rewrite {
+        HostRewrite::PathRegex(re, substitution) => {
+            assert_eq!(
+                re.replace_all("/p/orders", substitution.as_str()),
+                "orders.svc"
+            );
+        }
+        other => panic!("expected a path regex host rewrite, got {other:?}"),
+    }
+
+    // Defaults: none of it.
+    let model = load(&with_routes(
+        "- {match: {prefix: /}, route: {cluster: app}}",
+    ));
+    let hcm = hcm_of(&model);
+    assert!(hcm.options.via.is_none() && hcm.options.local_reply.is_none());
+    assert!(!hcm.options.accept_http_10 && hcm.options.user_agent.is_none());
+    assert_eq!(hcm.options.strip_port, crate::model::http::StripPort::None);
+    assert_eq!(
+        forward(&hcm.route_config.virtual_hosts[0].routes[0]).cluster_not_found_status,
+        503
+    );
+}
+
+/// Route-table and virtual-host options that Envoy rejects, with the field's path.
+#[test]
+fn route_table_option_rejections() {
+    let table = |route_config: &str| {
+        with_hcm(&format!(
+            "stat_prefix: s\nhttp_filters: [{{name: envoy.filters.http.router}}]\nroute_config:\n{}",
+            route_config
+                .trim_matches('\n')
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        ))
+    };
+    let rc = format!("{HCM}.route_config");
+    expect_error(
+        &table("virtual_hosts:\n- {name: a, domains: [\"*\"], routes: [{match: {prefix: /}, route: {cluster: nope}}]}"),
+        &format!("{rc}.virtual_hosts[0].routes[0].route.cluster"),
+        "",
+    );
+    expect_error(
+        &table("max_direct_response_body_size_bytes: 4\nvirtual_hosts:\n- {name: a, domains: [\"*\"], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: hello}}}]}"),
+        &format!("{rc}.virtual_hosts[0].routes[0].direct_response.body"),
+        "the limit for a direct response body is 4 bytes",
+    );
+    expect_error(
+        &table("internal_only_headers: [\"bad header\"]\nvirtual_hosts: []"),
+        &format!("{rc}.internal_only_headers[0]"),
+        "",
+    );
+    expect_error(
+        &table("virtual_hosts:\n- {name: a, domains: [\"*\"], virtual_clusters: [{name: v}]}"),
+        &format!("{rc}.virtual_hosts[0].virtual_clusters[0].headers"),
+        "at least one header matcher",
+    );
+    expect_error(
+        &table("virtual_hosts:\n- {name: a, domains: [\"*\"], virtual_clusters: [{headers: [{name: x, present_match: true}]}]}"),
+        &format!("{rc}.virtual_hosts[0].virtual_clusters[0].name"),
+        "missing",
+    );
+    expect_error(
+        &table("virtual_hosts:\n- {name: a, domains: [\"*\"], virtual_clusters: [{name: v, headers: [{name: x, present_match: true}]}, {name: v, headers: [{name: x, present_match: true}]}]}"),
+        &format!("{rc}.virtual_hosts[0].virtual_clusters[1].name"),
+        "duplicate virtual cluster",
+    );
+    expect_error(
+        &table("virtual_hosts:\n- {name: a, domains: [\"*\"], typed_per_filter_config: {envoy.filters.http.router: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}"),
+        &format!("{rc}.virtual_hosts[0].typed_per_filter_config"),
+        "field not supported by keel",
     );
 }

@@ -143,7 +143,31 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "stream_idle_timeout",
             "request_headers_timeout",
             "drain_timeout",
+            "skip_xff_append",
+            "via",
+            "always_set_request_id_in_response",
+            "preserve_external_request_id",
+            "strip_matching_host_port",
+            "strip_any_host_port",
+            "internal_address_config",
+            "add_user_agent",
+            "local_reply_config",
+            "path_with_escaped_slashes_action",
+            "delayed_close_timeout",
+            "stream_error_on_invalid_http_message",
         ],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig",
+        &["cidr_ranges", "unix_sockets"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig",
+        &["mappers", "body_format"],
+    ),
+    (
+        "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper",
+        &["filter", "status_code", "body", "body_format_override", "headers_to_add"],
     ),
     (
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
@@ -162,8 +186,12 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "headers_with_underscores_action",
         ],
     ),
-    // Present but empty: keel maps none of the HTTP/1 settings.
-    ("envoy.config.core.v3.Http1ProtocolOptions", &[]),
+    // The connection manager reads these two; an upstream cluster's options read none
+    // (Envoy ignores them there too: they are server-side settings).
+    (
+        "envoy.config.core.v3.Http1ProtocolOptions",
+        &["accept_http_10", "default_host_for_http_10"],
+    ),
     (
         "envoy.config.core.v3.Http2ProtocolOptions",
         &[
@@ -182,6 +210,11 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "most_specific_header_mutations_wins",
+            "ignore_port_in_host_matching",
+            "validate_clusters",
+            "internal_only_headers",
+            "max_direct_response_body_size_bytes",
         ],
     ),
     (
@@ -199,8 +232,12 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "require_tls",
+            "virtual_clusters",
         ],
     ),
+    ("envoy.config.route.v3.VirtualCluster", &["name", "headers"]),
+    ("envoy.config.route.v3.Decorator", &["operation", "propagate"]),
     (
         "envoy.config.route.v3.Route",
         &[
@@ -215,6 +252,8 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "decorator",
+            "metadata",
         ],
     ),
     (
@@ -285,6 +324,9 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "regex_rewrite",
             "host_rewrite_literal",
             "auto_host_rewrite",
+            "host_rewrite_header",
+            "host_rewrite_path_regex",
+            "cluster_not_found_response_code",
             "timeout",
             "idle_timeout",
             "upgrade_configs",
@@ -395,10 +437,12 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "status_code_filter",
             "duration_filter",
             "not_health_check_filter",
+            "header_filter",
             "and_filter",
             "or_filter",
         ],
     ),
+    ("envoy.config.accesslog.v3.HeaderFilter", &["header"]),
     ("envoy.config.accesslog.v3.StatusCodeFilter", &["comparison"]),
     ("envoy.config.accesslog.v3.DurationFilter", &["comparison"]),
     ("envoy.config.accesslog.v3.NotHealthCheckFilter", &[]),
@@ -423,7 +467,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "envoy.config.core.v3.SubstitutionFormatString",
-        &["text_format", "json_format", "text_format_source"],
+        &["text_format", "json_format", "text_format_source", "content_type"],
     ),
     // Clusters.
     (

@@ -9,12 +9,19 @@
 //!   address is read `xff_num_trusted_hops` from the right;
 //! - `x-forwarded-proto`: set to the connection's scheme when absent, and overwritten
 //!   when the previous hop is not trusted (`use_remote_address` with 0 trusted hops);
-//! - requests are "external" (Envoy ≥ 1.33's default `internal_address_config`
-//!   trusts no address), so `x-envoy-*` control headers a client sent
-//!   (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, ...) are removed, and at
-//!   the edge (`use_remote_address`) `x-envoy-external-address` is set;
-//! - `x-request-id`: a UUIDv4 when absent, and always at the edge
-//!   (`preserve_external_request_id` is false by default);
+//! - a request is internal when, after the append, `x-forwarded-for` holds one
+//!   address (with `use_remote_address`: the client sent none) and that address is in
+//!   `internal_address_config.cidr_ranges` (empty by default: Envoy ≥ 1.33 trusts no
+//!   address); it gets `x-envoy-internal: true` and keeps its `x-envoy-*` headers;
+//! - an external request loses the `x-envoy-*` control headers a client sent
+//!   (`x-envoy-retry-on`, `x-envoy-upstream-rq-timeout-ms`, ...) and the route table's
+//!   `internal_only_headers`; at the edge (`use_remote_address`, external) also the
+//!   downstream-service and decorator headers, and `x-envoy-external-address` is set;
+//! - `skip_xff_append`: the peer is not appended (it is still the client address);
+//!   `add_user_agent`: `x-envoy-downstream-service-cluster` / `-node` and `user-agent`
+//!   when absent; `via`: appended to requests and (in `request`) responses;
+//! - `x-request-id`: a UUIDv4 when absent, and always at the edge unless
+//!   `preserve_external_request_id`;
 //! - responses: hop-by-hop headers removed, `server` per
 //!   `server_header_transformation`.
 //!
@@ -27,12 +34,19 @@ use http::header::{CONNECTION, EXPECT, SERVER, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::http::{HttpConnectionManager, ServerHeader};
+use crate::model::listener::CidrRange;
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_ENVOY_EXTERNAL_ADDRESS: HeaderName =
     HeaderName::from_static("x-envoy-external-address");
+pub(crate) const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+const X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-cluster");
+const X_ENVOY_DOWNSTREAM_SERVICE_NODE: HeaderName =
+    HeaderName::from_static("x-envoy-downstream-service-node");
+const VIA: HeaderName = HeaderName::from_static("via");
 pub(crate) const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
 pub(crate) const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
@@ -78,6 +92,18 @@ pub(crate) struct HeaderPolicy {
     server_name: HeaderValue,
     /// What a loopback peer is recorded as in `x-forwarded-for`.
     node_address: Option<IpAddr>,
+    /// `skip_xff_append`.
+    skip_xff_append: bool,
+    /// `preserve_external_request_id`.
+    preserve_external_request_id: bool,
+    /// `via`.
+    pub(crate) via: Option<HeaderValue>,
+    /// `internal_address_config.cidr_ranges`.
+    internal_addresses: Vec<CidrRange>,
+    /// The route table's `internal_only_headers`.
+    internal_only_headers: Vec<HeaderName>,
+    /// `add_user_agent`: (service cluster, service node if not empty).
+    user_agent: Option<(HeaderValue, Option<HeaderValue>)>,
 }
 
 /// Presence bits of the headers the connection manager looks at.
@@ -203,6 +229,9 @@ pub(crate) struct Downstream {
     /// A stable 64-bit value for the request: the hash of its `x-request-id` (so a
     /// request id always routes alike, as in Envoy), else random.
     pub random: u64,
+    /// The request is internal (`internal_address_config`): its `x-envoy-*` control
+    /// headers are trusted.
+    pub internal: bool,
 }
 
 impl HeaderPolicy {
@@ -215,6 +244,20 @@ impl HeaderPolicy {
             server_name: HeaderValue::from_str(&config.server_name)
                 .unwrap_or_else(|_| HeaderValue::from_static("envoy")),
             node_address: node_address(),
+            skip_xff_append: config.options.skip_xff_append,
+            preserve_external_request_id: config.options.preserve_external_request_id,
+            via: config.options.via.clone(),
+            internal_addresses: config.options.internal_addresses.clone(),
+            internal_only_headers: config.route_config.options.internal_only_headers.clone(),
+            user_agent: config.options.user_agent.as_ref().map(|node| {
+                (
+                    HeaderValue::from_str(&node.cluster)
+                        .unwrap_or_else(|_| HeaderValue::from_static("")),
+                    HeaderValue::from_str(&node.id)
+                        .ok()
+                        .filter(|id| !id.is_empty()),
+                )
+            }),
         }
     }
 
@@ -270,22 +313,29 @@ impl HeaderPolicy {
 
         let mut remote = None;
         let xff_present = bits & seen::XFF != 0;
+        // Envoy's `single_xff_address`: after this step `x-forwarded-for` holds one
+        // address, the one the request is judged internal or external by.
+        let single_address;
         if self.use_remote_address {
+            single_address = !xff_present;
             if self.xff_num_trusted_hops > 0 && xff_present {
                 remote = xff_address(headers, self.xff_num_trusted_hops - 1);
             }
             let remote_ip = peer.ip();
             remote = remote.or(Some(remote_ip));
-            let appended = if remote_ip.is_loopback() {
-                self.node_address.unwrap_or(local.ip())
-            } else {
-                remote_ip
-            };
-            append_xff(headers, appended, xff_present);
+            if !self.skip_xff_append {
+                let appended = if remote_ip.is_loopback() {
+                    self.node_address.unwrap_or(local.ip())
+                } else {
+                    remote_ip
+                };
+                append_xff(headers, appended, xff_present);
+            }
             if self.xff_num_trusted_hops == 0 || bits & seen::XFP == 0 {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
             }
         } else {
+            single_address = xff_present && xff_is_single(headers);
             if xff_present {
                 remote = xff_address(headers, self.xff_num_trusted_hops);
             }
@@ -294,17 +344,42 @@ impl HeaderPolicy {
             }
         }
 
-        // No address is internal by default: every request is external.
-        let edge = self.use_remote_address;
-        if bits & seen::ENVOY != 0 {
-            for name in INTERNAL_ONLY {
-                headers.remove(*name);
-            }
-            if edge {
-                for name in EDGE_ONLY {
+        // Internal: one address, in `internal_address_config` (none by default).
+        let internal = single_address
+            && !self.internal_addresses.is_empty()
+            && remote.is_some_and(|ip| self.internal_addresses.iter().any(|r| r.contains(ip)));
+        let edge = self.use_remote_address && !internal;
+        if internal {
+            headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+        } else {
+            if bits & seen::ENVOY != 0 {
+                for name in INTERNAL_ONLY {
                     headers.remove(*name);
                 }
+                if edge {
+                    for name in EDGE_ONLY {
+                        headers.remove(*name);
+                    }
+                }
             }
+            for name in &self.internal_only_headers {
+                headers.remove(name);
+            }
+        }
+        if let Some((cluster, node)) = &self.user_agent {
+            headers.insert(X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER, cluster.clone());
+            if headers
+                .get(http::header::USER_AGENT)
+                .is_none_or(|v| v.is_empty())
+            {
+                headers.insert(http::header::USER_AGENT, cluster.clone());
+            }
+            if let Some(node) = node {
+                headers.insert(X_ENVOY_DOWNSTREAM_SERVICE_NODE, node.clone());
+            }
+        }
+        if let Some(via) = &self.via {
+            append_via(headers, via);
         }
         if edge {
             let address = remote.unwrap_or(peer.ip());
@@ -312,7 +387,8 @@ impl HeaderPolicy {
                 headers.insert(X_ENVOY_EXTERNAL_ADDRESS, value);
             }
         }
-        let random = if self.generate_request_id && (edge || bits & seen::REQUEST_ID == 0) {
+        let force_id = edge && !self.preserve_external_request_id;
+        let random = if self.generate_request_id && (force_id || bits & seen::REQUEST_ID == 0) {
             let (id, random) = uuid_v4();
             headers.insert(X_REQUEST_ID, id);
             random
@@ -320,7 +396,11 @@ impl HeaderPolicy {
             scan.request_id_hash
                 .unwrap_or_else(crate::upstream::fast_random)
         };
-        Downstream { remote, random }
+        Downstream {
+            remote,
+            random,
+            internal,
+        }
     }
 
     /// Applies the connection manager's response mutations (`upgrade`: a `101` to an
@@ -422,6 +502,37 @@ fn sanitize_te(headers: &mut HeaderMap) {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     } else {
         headers.remove(TE);
+    }
+}
+
+/// Appends `via` to the `via` header (Envoy's `Utility::appendVia`: one header, the
+/// values joined with ", ").
+pub(crate) fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let mut existing = headers.get_all(VIA).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(VIA, via.clone());
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in existing {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined.extend_from_slice(b", ");
+    joined.extend_from_slice(via.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(VIA, value);
+    }
+}
+
+/// Whether `x-forwarded-for` holds exactly one address.
+fn xff_is_single(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => !value.as_bytes().contains(&b','),
+        _ => false,
     }
 }
 
@@ -615,6 +726,12 @@ mod tests {
             server_header: ServerHeader::Overwrite,
             server_name: HeaderValue::from_static("envoy"),
             node_address: Some("192.0.2.2".parse().unwrap()),
+            skip_xff_append: false,
+            preserve_external_request_id: false,
+            via: None,
+            internal_addresses: Vec::new(),
+            internal_only_headers: Vec::new(),
+            user_agent: None,
         }
     }
 
@@ -818,6 +935,110 @@ mod tests {
         );
         let h = headers(&[("upgrade", "foo"), ("connection", "upgrade")]);
         assert_eq!(RequestScan::new(&h).upgrade(), Some(false));
+    }
+
+    #[test]
+    fn options_skip_xff_via_user_agent_and_preserved_ids() {
+        let mut p = policy(true, 0);
+        p.skip_xff_append = true;
+        p.preserve_external_request_id = true;
+        p.via = Some(HeaderValue::from_static("1.1 keel"));
+        p.user_agent = Some((
+            HeaderValue::from_static("mesh-a"),
+            Some(HeaderValue::from_static("node-1")),
+        ));
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-request-id", "mine"),
+            ("via", "1.0 first"),
+            ("x-envoy-downstream-service-cluster", "spoofed"),
+        ]);
+        let d = mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4", "skip_xff_append");
+        assert_eq!(d.remote, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(h["x-envoy-external-address"], "10.1.2.3");
+        assert_eq!(h["x-request-id"], "mine", "preserve_external_request_id");
+        assert_eq!(h["via"], "1.0 first, 1.1 keel");
+        assert_eq!(h["x-envoy-downstream-service-cluster"], "mesh-a");
+        assert_eq!(h["x-envoy-downstream-service-node"], "node-1");
+        assert_eq!(h["user-agent"], "mesh-a", "set when absent");
+    }
+
+    #[test]
+    fn internal_addresses_make_requests_internal() {
+        let mut p = policy(true, 0);
+        p.internal_addresses = vec![CidrRange::new("10.0.0.0".parse().unwrap(), 8)];
+        p.internal_only_headers = vec![HeaderName::from_static("x-secret")];
+        let mut h = headers(&[
+            ("x-envoy-retry-on", "5xx"),
+            ("x-secret", "1"),
+            ("x-request-id", "mine"),
+        ]);
+        mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-envoy-internal"], "true");
+        assert_eq!(
+            h["x-envoy-retry-on"], "5xx",
+            "trusted from an internal peer"
+        );
+        assert_eq!(h["x-secret"], "1");
+        assert_eq!(h["x-request-id"], "mine", "not an edge request");
+        assert!(h.get("x-envoy-external-address").is_none());
+
+        // A client XFF makes two addresses: external.
+        let mut h = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-secret", "1")]);
+        mutate(
+            &p,
+            &mut h,
+            PEER.parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(h.get("x-envoy-internal").is_none() && h.get("x-secret").is_none());
+
+        // Without use_remote_address, a single internal XFF address is internal.
+        let mut p = policy(false, 0);
+        p.internal_addresses = vec![CidrRange::new("10.0.0.0".parse().unwrap(), 8)];
+        let mut h = headers(&[("x-forwarded-for", "10.9.9.9"), ("x-envoy-internal", "x")]);
+        mutate(
+            &p,
+            &mut h,
+            "192.0.2.9:1".parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert_eq!(h["x-envoy-internal"], "true");
+        let mut h = headers(&[
+            ("x-forwarded-for", "10.9.9.9, 10.9.9.8"),
+            ("x-envoy-internal", "x"),
+        ]);
+        mutate(
+            &p,
+            &mut h,
+            "192.0.2.9:1".parse().unwrap(),
+            LOCAL.parse().unwrap(),
+            "http",
+            false,
+        );
+        assert!(
+            h.get("x-envoy-internal").is_none(),
+            "two addresses: external"
+        );
     }
 
     #[test]

@@ -14,6 +14,12 @@ use http::header::{CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::Body;
+use crate::model::http::{
+    AccessLogFormat, AppendAction, BodyFormat as ModelBodyFormat, LocalReplyConfig,
+};
+use crate::observe::access_log::filter_passes;
+use crate::observe::format::{FormatContext, Formatter, JsonFormatter};
+use crate::observe::StreamInfo;
 
 /// A response made by keel.
 #[derive(Debug, Clone)]
@@ -32,6 +38,8 @@ pub struct LocalReply {
     pub headers: HeaderMap,
     /// Close the HTTP/1.1 connection after this reply.
     pub close_connection: bool,
+    /// The body's content type when not `text/plain` (a `local_reply_config` format).
+    pub content_type: Option<HeaderValue>,
 }
 
 impl LocalReply {
@@ -45,6 +53,7 @@ impl LocalReply {
             grpc_status: None,
             headers: HeaderMap::new(),
             close_connection: false,
+            content_type: None,
         }
     }
 
@@ -97,9 +106,11 @@ impl LocalReply {
         } else {
             *response.status_mut() = self.status;
             if !self.body.is_empty() {
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    self.content_type
+                        .unwrap_or_else(|| HeaderValue::from_static("text/plain")),
+                );
                 *response.body_mut() = Body::full(self.body);
             }
         }
@@ -216,5 +227,255 @@ mod tests {
     #[test]
     fn grpc_message_encoding() {
         assert_eq!(grpc_percent_encode(b"a b%\n"), b"a b%25%0A".to_vec());
+    }
+}
+
+/// `local_reply_config`, compiled once per connection manager (Envoy's
+/// `LocalReplyImpl`): the first mapper whose filter matches a reply may change its
+/// status, body and headers and choose its body format; the body format (the mapper's,
+/// else the config's, else the body as it is with `text/plain`) renders the body, with
+/// `%LOCAL_REPLY_BODY%` for the body so far.
+#[derive(Debug)]
+pub(crate) struct LocalReplyRewriter {
+    mappers: Vec<Mapper>,
+    body_format: Option<BodyFormatter>,
+}
+
+#[derive(Debug)]
+struct Mapper {
+    filter: crate::model::http::AccessLogFilter,
+    status: Option<StatusCode>,
+    body: Option<Bytes>,
+    body_format: Option<BodyFormatter>,
+    headers: Vec<(HeaderName, Formatter, AppendAction, bool)>,
+}
+
+#[derive(Debug)]
+struct BodyFormatter {
+    format: BodyFormat,
+    content_type: HeaderValue,
+}
+
+#[derive(Debug)]
+enum BodyFormat {
+    Text(Formatter),
+    Json(JsonFormatter),
+}
+
+/// Why a `local_reply_config` does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalReplyError {
+    /// A body format or header value does not parse.
+    #[error("local_reply_config: {0}")]
+    Format(#[from] crate::observe::format::FormatError),
+    /// A header name or content type is not valid.
+    #[error("local_reply_config: invalid header {0:?}")]
+    Header(String),
+}
+
+impl LocalReplyRewriter {
+    /// Compiles `config`.
+    pub(crate) fn new(config: &LocalReplyConfig) -> Result<LocalReplyRewriter, LocalReplyError> {
+        let mappers = config
+            .mappers
+            .iter()
+            .map(|m| {
+                Ok(Mapper {
+                    filter: m.filter.clone(),
+                    status: m.status.and_then(|s| StatusCode::from_u16(s).ok()),
+                    body: m.body.as_ref().map(|b| Bytes::from(b.clone())),
+                    body_format: m.body_format.as_ref().map(BodyFormatter::new).transpose()?,
+                    headers: m
+                        .headers_to_add
+                        .iter()
+                        .map(|h| {
+                            let name = HeaderName::from_bytes(h.name.as_bytes())
+                                .map_err(|_| LocalReplyError::Header(h.name.clone()))?;
+                            let value = Formatter::new_header_value(&h.value)?;
+                            Ok((name, value, h.action, h.keep_empty_value))
+                        })
+                        .collect::<Result<Vec<_>, LocalReplyError>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, LocalReplyError>>()?;
+        Ok(LocalReplyRewriter {
+            mappers,
+            body_format: config
+                .body_format
+                .as_ref()
+                .map(BodyFormatter::new)
+                .transpose()?,
+        })
+    }
+
+    /// Rewrites `reply` (Envoy's `LocalReplyImpl::rewrite`); `info` gets the final status
+    /// (filters read it). `request` gives `%REQ(..)%` and the request line to formats.
+    pub(crate) fn rewrite(
+        &self,
+        mut reply: LocalReply,
+        info: &mut StreamInfo,
+        request: Option<&http::request::Parts>,
+    ) -> LocalReply {
+        info.response_code = reply.status.as_u16();
+        let mut format = self.body_format.as_ref();
+        for mapper in &self.mappers {
+            if !filter_passes(&mapper.filter, info) {
+                continue;
+            }
+            if let Some(body) = &mapper.body {
+                reply.body = body.clone();
+            }
+            if !mapper.headers.is_empty() {
+                let ctx = context(info, request);
+                for (name, value, action, keep_empty) in &mapper.headers {
+                    let value = value.render(&ctx);
+                    if value.is_empty() && !keep_empty {
+                        continue;
+                    }
+                    let Ok(value) = HeaderValue::from_str(&value) else {
+                        continue;
+                    };
+                    let present = reply.headers.contains_key(name);
+                    match action {
+                        AppendAction::AppendIfExistsOrAdd => {
+                            reply.headers.append(name.clone(), value);
+                        }
+                        AppendAction::AddIfAbsent if !present => {
+                            reply.headers.insert(name.clone(), value);
+                        }
+                        AppendAction::OverwriteIfExistsOrAdd => {
+                            reply.headers.insert(name.clone(), value);
+                        }
+                        AppendAction::OverwriteIfExists if present => {
+                            reply.headers.insert(name.clone(), value);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(status) = mapper.status {
+                reply.status = status;
+                info.response_code = status.as_u16();
+            }
+            if mapper.body_format.is_some() {
+                format = mapper.body_format.as_ref();
+            }
+            break;
+        }
+        if let Some(format) = format {
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            let mut ctx = context(info, request);
+            ctx.local_reply_body = Some(&body);
+            let mut out = String::new();
+            match &format.format {
+                BodyFormat::Text(f) => f.format_with(&ctx, &mut out),
+                BodyFormat::Json(f) => f.format_with(&ctx, &mut out),
+            }
+            reply.body = Bytes::from(out);
+            reply.content_type = Some(format.content_type.clone());
+        }
+        reply
+    }
+}
+
+fn context<'a>(
+    info: &'a StreamInfo,
+    request: Option<&'a http::request::Parts>,
+) -> FormatContext<'a> {
+    let ctx = FormatContext::new(info).with_scheme(super::request::SCHEME);
+    match request {
+        Some(parts) => ctx.with_request(parts),
+        None => ctx,
+    }
+}
+
+impl BodyFormatter {
+    fn new(config: &ModelBodyFormat) -> Result<BodyFormatter, LocalReplyError> {
+        Ok(BodyFormatter {
+            format: match &config.format {
+                AccessLogFormat::Text(text) => BodyFormat::Text(Formatter::new(text)?),
+                AccessLogFormat::Json(fields) => BodyFormat::Json(JsonFormatter::new(fields)?),
+            },
+            content_type: HeaderValue::from_str(&config.content_type)
+                .map_err(|_| LocalReplyError::Header(config.content_type.clone()))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod rewriter_tests {
+    use super::*;
+    use crate::model::http::{
+        AccessLogFilter, Comparison, ComparisonOp, HeaderValueOption, LocalReplyMapper,
+    };
+
+    fn new_info() -> StreamInfo {
+        StreamInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "HTTP/1.1",
+        )
+    }
+
+    #[test]
+    fn first_matching_mapper_rewrites_then_the_body_is_formatted() {
+        let config = LocalReplyConfig {
+            mappers: vec![
+                LocalReplyMapper {
+                    filter: AccessLogFilter::StatusCode(Comparison {
+                        op: ComparisonOp::Eq,
+                        value: 404,
+                    }),
+                    status: Some(410),
+                    body: Some("gone".into()),
+                    body_format: None,
+                    headers_to_add: vec![HeaderValueOption {
+                        name: "x-code".into(),
+                        value: "%RESPONSE_CODE%".into(),
+                        action: AppendAction::OverwriteIfExistsOrAdd,
+                        keep_empty_value: false,
+                    }],
+                },
+                LocalReplyMapper {
+                    filter: AccessLogFilter::NotHealthCheck,
+                    status: None,
+                    body: None,
+                    body_format: Some(ModelBodyFormat {
+                        format: AccessLogFormat::Json(vec![(
+                            "m".into(),
+                            "%LOCAL_REPLY_BODY%".into(),
+                        )]),
+                        content_type: "application/json".into(),
+                    }),
+                    headers_to_add: Vec::new(),
+                },
+            ],
+            body_format: Some(ModelBodyFormat {
+                format: AccessLogFormat::Text("[%LOCAL_REPLY_BODY%] %RESPONSE_CODE%".into()),
+                content_type: "text/plain".into(),
+            }),
+        };
+        let rewriter = LocalReplyRewriter::new(&config).unwrap();
+        let mut info = new_info();
+        let reply = rewriter.rewrite(LocalReply::new(StatusCode::NOT_FOUND, ""), &mut info, None);
+        assert_eq!(reply.status, StatusCode::GONE);
+        assert_eq!(reply.body, "[gone] 410");
+        assert_eq!(
+            reply.headers["x-code"], "404",
+            "headers see the status before"
+        );
+        assert_eq!(info.response_code, 410);
+
+        let mut info = new_info();
+        let reply = rewriter.rewrite(
+            LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+            &mut info,
+            None,
+        );
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.body, "{\"m\":\"no healthy upstream\"}\n");
+        assert_eq!(reply.content_type.unwrap(), "application/json");
+        let response = LocalReply::new(StatusCode::OK, "x").into_response(false, true);
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/plain");
     }
 }

@@ -57,7 +57,15 @@
 //! - trailers are not sent to HTTP/1.1 peers (Envoy's default, `enable_trailers`
 //!   off): hyper writes only trailers named by a `trailer` header;
 //! - no retry hedging or `retry_priority`; no CONNECT / extended
-//!   CONNECT (answered 403), no TLS (the scheme is always `http`).
+//!   CONNECT (answered 403), no TLS (the scheme is always `http`, so
+//!   `require_tls` redirects every request it covers);
+//! - `delayed_close_timeout` is accepted and not applied: Envoy waits that long for the
+//!   peer to close after a reply that closes the connection (so that the reply is not
+//!   lost to a reset); keel's hyper flushes the reply and closes, which no client can
+//!   tell apart;
+//! - `local_reply_config` formats read the request headers the stream keeps (as for
+//!   access logs), so a reply made before the request's headers were processed (e.g.
+//!   426 to HTTP/1.0, too many headers) formats without them.
 
 pub mod body;
 pub mod filter;
@@ -109,6 +117,14 @@ pub enum HttpError {
         /// What is wrong.
         source: RouteTableError,
     },
+    /// The `local_reply_config` does not compile.
+    #[error("http connection manager {stat_prefix}: {source}")]
+    LocalReply {
+        /// The connection manager's `stat_prefix`.
+        stat_prefix: String,
+        /// What is wrong.
+        source: local_reply::LocalReplyError,
+    },
     /// An access log could not be set up.
     #[error("http connection manager {stat_prefix}: {source}")]
     AccessLog {
@@ -140,6 +156,11 @@ pub struct ConnectionManager {
     filters: filter::FilterChain,
     upstreams: Arc<Upstreams>,
     access_logs: Vec<AccessLogger>,
+    /// `local_reply_config`.
+    local_reply: Option<local_reply::LocalReplyRewriter>,
+    /// Per virtual host, the stats of its `virtual_clusters` and of `other`; empty
+    /// for a virtual host without virtual clusters.
+    virtual_cluster_stats: Vec<Vec<stats::VirtualClusterStats>>,
     stats: stats::HcmStats,
     headers: headers::HeaderPolicy,
     /// `upgrade_configs` of the connection manager allow websocket.
@@ -180,11 +201,19 @@ impl ConnectionManager {
         upstreams: Arc<Upstreams>,
         extra_filters: Vec<Arc<dyn filter::HttpFilter>>,
     ) -> Result<ConnectionManager, HttpError> {
-        let routes = RouteTable::try_new(&config.route_config, RouteTableOptions::default())
-            .map_err(|source| HttpError::RouteConfig {
+        let options = RouteTableOptions {
+            ignore_port_in_host_matching: config.route_config.options.ignore_port_in_host_matching,
+            most_specific_header_mutations_wins: config
+                .route_config
+                .options
+                .most_specific_header_mutations_wins,
+        };
+        let routes = RouteTable::try_new(&config.route_config, options).map_err(|source| {
+            HttpError::RouteConfig {
                 stat_prefix: config.stat_prefix.clone(),
                 source,
-            })?;
+            }
+        })?;
         let route_level_reads = config
             .route_config
             .headers
@@ -247,6 +276,16 @@ impl ConnectionManager {
                 stat_prefix: config.stat_prefix.clone(),
                 source,
             })?;
+        let local_reply = config
+            .options
+            .local_reply
+            .as_ref()
+            .map(local_reply::LocalReplyRewriter::new)
+            .transpose()
+            .map_err(|source| HttpError::LocalReply {
+                stat_prefix: config.stat_prefix.clone(),
+                source,
+            })?;
         // The router is the only HTTP filter so far and ends every chain implicitly.
         let mut filters = extra_filters;
         filters.extend(config.http_filters.iter().filter_map(|f| match f {
@@ -303,6 +342,24 @@ impl ConnectionManager {
             filters,
             upstreams,
             access_logs,
+            local_reply,
+            virtual_cluster_stats: config
+                .route_config
+                .virtual_hosts
+                .iter()
+                .map(|vhost| {
+                    let clusters = &vhost.options.virtual_clusters;
+                    if clusters.is_empty() {
+                        return Vec::new();
+                    }
+                    clusters
+                        .iter()
+                        .map(|vc| vc.name.as_str())
+                        .chain(["other"])
+                        .map(|name| stats::VirtualClusterStats::new(&vhost.name, name))
+                        .collect()
+                })
+                .collect(),
             stats: stats::HcmStats::new(&config.stat_prefix),
             headers: headers::HeaderPolicy::new(&config),
             upgrade_websocket,
@@ -434,9 +491,10 @@ impl ConnectionManager {
         }
     }
 
-    /// Whether streams must keep copies of their headers for the access logs.
+    /// Whether streams must keep copies of their headers for the access logs (or for
+    /// `local_reply_config` formats, which may read them).
     fn logs(&self) -> bool {
-        !self.access_logs.is_empty()
+        !self.access_logs.is_empty() || self.local_reply.is_some()
     }
 }
 

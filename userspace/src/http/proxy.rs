@@ -99,7 +99,9 @@ impl Connection {
         };
         let Some(cluster) = cluster else {
             hcm.stats.no_cluster.inc();
-            let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "")
+            let status = StatusCode::from_u16(forward.cluster_not_found_status)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let reply = LocalReply::new(status, "")
                 .flag("NC")
                 .details("cluster_not_found");
             return self.local_reply(stream, reply, &meta, Some(selected)).await;
@@ -118,7 +120,8 @@ impl Connection {
             )
         };
         let upgrade = meta.upgrade.is_some();
-        let trusted_headers = meta.filters_ran > 0;
+        // Set by a filter, or sent by an internal peer (`internal_address_config`).
+        let trusted_headers = meta.filters_ran > 0 || meta.internal;
         let mut route_timeout = forward.timeout;
         if trusted_headers {
             if let Some(value) = parts.headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
@@ -171,6 +174,9 @@ impl Connection {
             // only kind keel has; `endpoint.hostname` is not supported) has none: the
             // host stays.
             HostRewrite::Auto => None,
+            HostRewrite::Header(_) | HostRewrite::PathRegex(..) => {
+                super::request::dynamic_host_rewrite(&forward.host_rewrite, &parts)
+            }
         };
         if let Some(value) = new_host {
             if let Some(old) = authority(&parts).and_then(|a| HeaderValue::from_str(a).ok()) {
@@ -234,8 +240,8 @@ impl Connection {
         // From here the body is the upstream request's to read.
         let mut meta = meta;
         meta.body_unread = false;
-        // `x-envoy-*` control headers reach the router only from filters: the
-        // connection manager removes them from every client (no address is internal).
+        // `x-envoy-*` control headers reach the router only from filters or internal
+        // peers: the connection manager removes them from every external client.
         // The retry state is made here, after the last local reply of the single-try
         // path and in a block of its own, so that the common request's future does
         // not carry it.

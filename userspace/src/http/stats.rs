@@ -29,6 +29,8 @@ pub(crate) struct HcmStats {
     pub rq_redirect: Counter,
     pub rq_direct_response: Counter,
     pub rq_total: Counter,
+    pub downstream_rq_failed_path_normalization: Counter,
+    pub downstream_rq_redirected_with_normalized_path: Counter,
 }
 
 impl HcmStats {
@@ -61,6 +63,12 @@ impl HcmStats {
             rq_redirect: counter("rq_redirect"),
             rq_direct_response: counter("rq_direct_response"),
             rq_total: counter("rq_total"),
+            downstream_rq_failed_path_normalization: counter(
+                "downstream_rq_failed_path_normalization",
+            ),
+            downstream_rq_redirected_with_normalized_path: counter(
+                "downstream_rq_redirected_with_normalized_path",
+            ),
         }
     }
 
@@ -70,5 +78,46 @@ impl HcmStats {
         if (100..600).contains(&code) {
             self.downstream_rq_class[(code / 100 - 1) as usize].inc();
         }
+    }
+}
+
+/// Stats of one virtual cluster (`vhost.<vhost>.vcluster.<name>.*`), as Envoy's router
+/// charges them for a forwarded request: `upstream_rq_total` when it is forwarded,
+/// `upstream_rq_completed`, `upstream_rq_<class>xx` and `upstream_rq_<code>` for its
+/// response.
+#[derive(Debug)]
+pub(crate) struct VirtualClusterStats {
+    prefix: String,
+    pub upstream_rq_total: Counter,
+    upstream_rq_completed: Counter,
+    class: [Counter; 5],
+    /// `upstream_rq_<code>` for 100..=599, made on first use.
+    codes: Box<[std::sync::OnceLock<Counter>]>,
+}
+
+impl VirtualClusterStats {
+    pub(crate) fn new(virtual_host: &str, name: &str) -> VirtualClusterStats {
+        let store = stats::global();
+        let prefix = format!("vhost.{virtual_host}.vcluster.{name}.");
+        let counter = |stat: &str| store.counter(&format!("{prefix}{stat}"));
+        VirtualClusterStats {
+            upstream_rq_total: counter("upstream_rq_total"),
+            upstream_rq_completed: counter("upstream_rq_completed"),
+            class: [1, 2, 3, 4, 5].map(|c| counter(&format!("upstream_rq_{c}xx"))),
+            codes: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
+            prefix,
+        }
+    }
+
+    /// Counts a response.
+    pub(crate) fn record(&self, code: u16) {
+        if !(100..600).contains(&code) {
+            return;
+        }
+        self.upstream_rq_completed.inc();
+        self.class[(code / 100 - 1) as usize].inc();
+        self.codes[(code - 100) as usize]
+            .get_or_init(|| stats::global().counter(&format!("{}upstream_rq_{code}", self.prefix)))
+            .inc();
     }
 }

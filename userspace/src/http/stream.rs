@@ -266,6 +266,13 @@ pub(crate) struct ActiveStream {
     /// A HEAD request: hyper sends no response body, so an unread one is no sign of
     /// a client that went away.
     pub head_request: bool,
+    /// The request's `x-request-id`, for the response
+    /// (`always_set_request_id_in_response`).
+    pub response_request_id: Option<http::HeaderValue>,
+    /// The virtual cluster counting this request: (virtual host, virtual cluster).
+    pub virtual_cluster: Option<(usize, usize)>,
+    /// An HTTP/1.0 request: whether it asked for keep-alive.
+    pub http10_keep_alive: Option<bool>,
 }
 
 impl ActiveStream {
@@ -376,6 +383,9 @@ impl StreamGuard {
             filter_state: http::Extensions::new(),
             request_line: None,
             head_request: false,
+            response_request_id: None,
+            virtual_cluster: None,
+            http10_keep_alive: None,
         })))
     }
 

@@ -35,8 +35,10 @@ pub(super) fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConne
                 domains: vec!["*".into()],
                 routes,
                 headers: HeaderMutations::default(),
+                options: Default::default(),
             }],
             headers: HeaderMutations::default(),
+            options: Default::default(),
         },
         http_filters: vec![HttpFilter::Router],
         access_logs: Vec::new(),
@@ -65,6 +67,7 @@ pub(super) fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConne
             initial_connection_window_size: 24 << 20,
         },
         upgrade_types: vec!["websocket".into()],
+        options: Default::default(),
     }
 }
 
@@ -81,6 +84,8 @@ pub(super) fn route(prefix: &str, action: RouteAction) -> Route {
         },
         action,
         headers: HeaderMutations::default(),
+        decorator: None,
+        metadata: None,
     }
 }
 
@@ -90,6 +95,7 @@ pub(super) fn forward_to(cluster: &str, timeout: Option<Duration>) -> RouteActio
         prefix_rewrite: None,
         regex_rewrite: None,
         host_rewrite: HostRewrite::None,
+        cluster_not_found_status: 503,
         timeout,
         idle_timeout: None,
         upgrades: Vec::new(),
@@ -706,6 +712,7 @@ async fn future_sizes() {
         filters_ran: 0,
         random: 0,
         upgrade: None,
+        internal: false,
         body_unread: false,
     };
     let forward_future = conn.forward(

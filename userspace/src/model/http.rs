@@ -46,6 +46,112 @@ pub struct HttpConnectionManager {
     pub http2: Http2Options,
     /// `upgrade_configs[*].upgrade_type`, lower-cased (e.g. "websocket").
     pub upgrade_types: Vec<String>,
+    /// The less common settings, all off by default.
+    pub options: HcmOptions,
+}
+
+/// Connection-manager settings that default to off (Envoy's defaults); grouped so that
+/// code building a manager by hand can write `options: HcmOptions::default()`.
+#[derive(Debug, Clone, Default)]
+pub struct HcmOptions {
+    /// `skip_xff_append`: with `use_remote_address`, the peer is not appended to
+    /// `x-forwarded-for` (it still decides the trusted client address).
+    pub skip_xff_append: bool,
+    /// `via`: appended to the `via` header of requests and responses.
+    pub via: Option<http::HeaderValue>,
+    /// `always_set_request_id_in_response`: responses carry the request's
+    /// `x-request-id`.
+    pub always_set_request_id_in_response: bool,
+    /// `preserve_external_request_id`: an edge request keeps the `x-request-id` it came
+    /// with.
+    pub preserve_external_request_id: bool,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+    /// `internal_address_config.cidr_ranges`: peers (or the single `x-forwarded-for`
+    /// address) in these ranges make a request internal. Empty: nothing is internal
+    /// (Envoy's default since 1.33).
+    pub internal_addresses: Vec<super::listener::CidrRange>,
+    /// `add_user_agent`: the node's identity, set on requests as
+    /// `x-envoy-downstream-service-cluster` / `-node` (and `user-agent` when absent).
+    /// Conversion fills it from the bootstrap's `node` (or `--service-cluster` /
+    /// `--service-node`).
+    pub user_agent: Option<super::Node>,
+    /// `http_protocol_options.accept_http_10`: HTTP/1.0 requests are served (else
+    /// answered 426, as Envoy).
+    pub accept_http_10: bool,
+    /// `http_protocol_options.default_host_for_http_10`: the host given to an HTTP/1.0
+    /// request without one.
+    pub default_host_for_http_10: Option<http::HeaderValue>,
+    /// `path_with_escaped_slashes_action`.
+    pub escaped_slashes: EscapedSlashesAction,
+    /// `local_reply_config`.
+    pub local_reply: Option<LocalReplyConfig>,
+    /// `stream_error_on_invalid_http_message`: a 400 local reply to an HTTP/1 client
+    /// keeps the connection open (Envoy closes it by default). On HTTP/2 hyper's codec
+    /// resets the offending stream whatever this says.
+    pub stream_error_on_invalid_http_message: bool,
+}
+
+/// `strip_matching_host_port` / `strip_any_host_port`: the `:port` of the
+/// `host`/`:authority` removed before routing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StripPort {
+    /// Keep the port (the default).
+    #[default]
+    None,
+    /// `strip_matching_host_port`: only when it is the listener's port.
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
+}
+
+/// `path_with_escaped_slashes_action`: what to do with `%2F` / `%5C` (any case) in the
+/// path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EscapedSlashesAction {
+    /// `KEEP_UNCHANGED` (and `IMPLEMENTATION_SPECIFIC_DEFAULT`, Envoy's default).
+    #[default]
+    KeepUnchanged,
+    /// `REJECT_REQUEST`: 400.
+    Reject,
+    /// `UNESCAPE_AND_REDIRECT`: a redirect to the unescaped path (HTTP/1 307 /
+    /// gRPC rejected, as Envoy).
+    UnescapeAndRedirect,
+    /// `UNESCAPE_AND_FORWARD`: the unescaped path is routed and forwarded.
+    UnescapeAndForward,
+}
+
+/// `local_reply_config`: how keel's own replies are rewritten.
+#[derive(Debug, Clone, Default)]
+pub struct LocalReplyConfig {
+    /// `mappers`, in order; the first whose filter matches applies.
+    pub mappers: Vec<LocalReplyMapper>,
+    /// `body_format`: the body of every local reply (after the mapper's body).
+    pub body_format: Option<BodyFormat>,
+}
+
+/// `local_reply_config.mappers[*]`.
+#[derive(Debug, Clone)]
+pub struct LocalReplyMapper {
+    /// `filter`.
+    pub filter: AccessLogFilter,
+    /// `status_code`.
+    pub status: Option<u16>,
+    /// `body` (inline).
+    pub body: Option<String>,
+    /// `body_format_override`.
+    pub body_format: Option<BodyFormat>,
+    /// `headers_to_add`.
+    pub headers_to_add: Vec<HeaderValueOption>,
+}
+
+/// A local reply body format (`SubstitutionFormatString`).
+#[derive(Debug, Clone)]
+pub struct BodyFormat {
+    /// `text_format` / `text_format_source.inline_string`, or `json_format`.
+    pub format: AccessLogFormat,
+    /// `content_type`, else `text/plain` (text) or `application/json` (JSON).
+    pub content_type: String,
 }
 
 /// `codec_type`.
@@ -128,6 +234,19 @@ pub struct RouteConfig {
     pub virtual_hosts: Vec<VirtualHost>,
     /// Header changes at route-config level.
     pub headers: HeaderMutations,
+    /// The less common settings.
+    pub options: RouteConfigOptions,
+}
+
+/// The less common route-configuration settings, all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfigOptions {
+    /// `ignore_port_in_host_matching`.
+    pub ignore_port_in_host_matching: bool,
+    /// `most_specific_header_mutations_wins`.
+    pub most_specific_header_mutations_wins: bool,
+    /// `internal_only_headers`, lower-cased: removed from external requests.
+    pub internal_only_headers: Vec<http::HeaderName>,
 }
 
 /// A virtual host.
@@ -141,6 +260,39 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
     /// Header changes at virtual-host level.
     pub headers: HeaderMutations,
+    /// `require_tls`, `virtual_clusters`.
+    pub options: VirtualHostOptions,
+}
+
+/// The less common virtual-host settings.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualHostOptions {
+    /// `require_tls`.
+    pub require_tls: RequireTls,
+    /// `virtual_clusters`, in order (the first match counts).
+    pub virtual_clusters: Vec<VirtualCluster>,
+}
+
+/// `VirtualHost.require_tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RequireTls {
+    /// `NONE`.
+    #[default]
+    None,
+    /// `EXTERNAL_ONLY`: external requests over plaintext are redirected to https (301).
+    ExternalOnly,
+    /// `ALL`: every request over plaintext is redirected to https (301).
+    All,
+}
+
+/// `VirtualHost.virtual_clusters[*]`: requests counted apart
+/// (`vhost.<vhost>.vcluster.<name>.upstream_rq_*`).
+#[derive(Debug, Clone)]
+pub struct VirtualCluster {
+    /// `name`.
+    pub name: String,
+    /// `headers` (`:path`, `:method` included); all must match.
+    pub headers: Vec<HeaderMatcher>,
 }
 
 /// `request_headers_to_add` / `_remove` and the response counterparts.
@@ -193,6 +345,10 @@ pub struct Route {
     pub action: RouteAction,
     /// Header changes at route level.
     pub headers: HeaderMutations,
+    /// `decorator.operation`: recorded for tracing (none yet); not sent anywhere.
+    pub decorator: Option<String>,
+    /// `metadata.filter_metadata` as JSON (`%METADATA(ROUTE:..)%` reads it).
+    pub metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// `match`.
@@ -321,6 +477,8 @@ pub struct ForwardAction {
     pub regex_rewrite: Option<(regex::Regex, String)>,
     /// Host rewrite.
     pub host_rewrite: HostRewrite,
+    /// `cluster_not_found_response_code`: 503 (default), 404 or 500.
+    pub cluster_not_found_status: u16,
     /// `timeout` (default 15 s; `None` when `0s` disables it).
     pub timeout: Option<Duration>,
     /// `idle_timeout`: `None` when not set (the connection manager's
@@ -428,7 +586,7 @@ pub enum ClusterSpecifier {
 }
 
 /// Host rewrite of a forward.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum HostRewrite {
     /// Keep the host.
     None,
@@ -438,7 +596,29 @@ pub enum HostRewrite {
     /// `endpoint.hostname`) give; for keel's STATIC endpoints the host stays, as in
     /// Envoy.
     Auto,
+    /// `host_rewrite_header`: the value of this request header (lower-cased), when
+    /// present and not empty.
+    Header(http::HeaderName),
+    /// `host_rewrite_path_regex`: the path (without the query) rewritten by the
+    /// pattern, with the substitution in the regex crate's syntax.
+    PathRegex(regex::Regex, String),
 }
+
+impl PartialEq for HostRewrite {
+    fn eq(&self, other: &HostRewrite) -> bool {
+        match (self, other) {
+            (HostRewrite::None, HostRewrite::None) | (HostRewrite::Auto, HostRewrite::Auto) => true,
+            (HostRewrite::Literal(a), HostRewrite::Literal(b)) => a == b,
+            (HostRewrite::Header(a), HostRewrite::Header(b)) => a == b,
+            (HostRewrite::PathRegex(a, x), HostRewrite::PathRegex(b, y)) => {
+                a.as_str() == b.as_str() && x == y
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for HostRewrite {}
 
 /// `retry_policy` (the route's, else its virtual host's).
 #[derive(Debug, Clone)]
@@ -690,11 +870,27 @@ pub enum AccessLogFilter {
     Duration(Comparison),
     /// `not_health_check_filter`.
     NotHealthCheck,
+    /// `header_filter`: a request header (a regular one; keel keeps no pseudo-headers
+    /// for logging).
+    Header(HeaderFilter),
     /// `and_filter`.
     And(Vec<AccessLogFilter>),
     /// `or_filter`.
     Or(Vec<AccessLogFilter>),
 }
+
+/// `header_filter.header`.
+#[derive(Debug, Clone)]
+pub struct HeaderFilter(pub HeaderMatcher);
+
+impl PartialEq for HeaderFilter {
+    fn eq(&self, other: &HeaderFilter) -> bool {
+        // Regexes compare by their pattern, which Debug shows.
+        format!("{:?}", self.0) == format!("{:?}", other.0)
+    }
+}
+
+impl Eq for HeaderFilter {}
 
 /// `ComparisonFilter` with its runtime default value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -195,7 +195,7 @@ impl std::fmt::Debug for Message {
 }
 
 /// Envoy's filter evaluation.
-fn filter_passes(filter: &AccessLogFilter, info: &StreamInfo) -> bool {
+pub(crate) fn filter_passes(filter: &AccessLogFilter, info: &StreamInfo) -> bool {
     match filter {
         AccessLogFilter::StatusCode(c) => compare(c, u64::from(info.response_code)),
         AccessLogFilter::Duration(c) => {
@@ -203,9 +203,49 @@ fn filter_passes(filter: &AccessLogFilter, info: &StreamInfo) -> bool {
             compare(c, duration.as_millis() as u64)
         }
         AccessLogFilter::NotHealthCheck => true,
+        AccessLogFilter::Header(f) => header_matches(&f.0, &info.request_headers),
         AccessLogFilter::And(filters) => filters.iter().all(|f| filter_passes(f, info)),
         AccessLogFilter::Or(filters) => filters.iter().any(|f| filter_passes(f, info)),
     }
+}
+
+/// Envoy's `HeaderUtility::matchHeaders` on a header map (several values joined with
+/// `,`; the model's regexes are anchored already).
+fn header_matches(m: &crate::model::http::HeaderMatcher, headers: &http::HeaderMap) -> bool {
+    use crate::model::http::ValueMatch;
+    let mut values = headers.get_all(m.name.as_str()).iter();
+    let value = match values.next() {
+        None => None,
+        Some(first) => {
+            let mut joined = String::from_utf8_lossy(first.as_bytes()).into_owned();
+            for v in values {
+                joined.push(',');
+                joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            }
+            Some(joined)
+        }
+    };
+    let value = match value {
+        Some(v) => v,
+        None if m.treat_missing_as_empty => String::new(),
+        None => {
+            return if m.invert {
+                matches!(m.rule, ValueMatch::Present)
+            } else {
+                matches!(m.rule, ValueMatch::Absent)
+            }
+        }
+    };
+    let matched = match &m.rule {
+        ValueMatch::Present => true,
+        ValueMatch::Absent => false,
+        ValueMatch::String(s) => crate::router::string_matches(s, &value),
+        ValueMatch::Regex(re) => re.is_match(&value),
+        ValueMatch::Range { start, end } => {
+            value.parse::<i64>().is_ok_and(|v| v >= *start && v < *end)
+        }
+    };
+    matched != m.invert
 }
 
 fn compare(c: &Comparison, value: u64) -> bool {
@@ -510,5 +550,55 @@ mod tests {
             err.to_string().contains("/nonexistent-dir/keel/access.log"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn header_filter_matches_request_headers() {
+        use crate::model::http::{
+            HeaderFilter, HeaderMatcher, StringMatchKind, StringMatcher, ValueMatch,
+        };
+        let mut info = filled_info();
+        info.request_headers = http::HeaderMap::new();
+        info.request_headers
+            .append("x-a", http::HeaderValue::from_static("1"));
+        info.request_headers
+            .append("x-a", http::HeaderValue::from_static("2"));
+        let filter = |name: &str, rule: ValueMatch, invert: bool| {
+            AccessLogFilter::Header(HeaderFilter(HeaderMatcher {
+                name: name.into(),
+                rule,
+                invert,
+                treat_missing_as_empty: false,
+            }))
+        };
+        let exact = |v: &str| {
+            ValueMatch::String(StringMatcher {
+                kind: StringMatchKind::Exact,
+                value: v.into(),
+                ignore_case: false,
+            })
+        };
+        assert!(
+            filter_passes(&filter("x-a", exact("1,2"), false), &info),
+            "values joined"
+        );
+        assert!(!filter_passes(&filter("x-a", exact("1"), false), &info));
+        assert!(
+            filter_passes(&filter("x-a", exact("1"), true), &info),
+            "inverted"
+        );
+        assert!(filter_passes(
+            &filter("x-b", ValueMatch::Absent, false),
+            &info
+        ));
+        assert!(!filter_passes(
+            &filter("x-b", ValueMatch::Present, false),
+            &info
+        ));
+        let re = regex::Regex::new("^(?:[0-9],[0-9])$").unwrap();
+        assert!(filter_passes(
+            &filter("x-a", ValueMatch::Regex(re), false),
+            &info
+        ));
     }
 }

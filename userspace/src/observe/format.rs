@@ -22,7 +22,8 @@
 //! `DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_REMOTE_PORT`,
 //! `DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_LOCAL_PORT`,
 //! `DOWNSTREAM_DIRECT_REMOTE_ADDRESS[_WITHOUT_PORT]`, `DOWNSTREAM_DIRECT_REMOTE_PORT`,
-//! `PROTOCOL`, `ROUTE_NAME`, `HOSTNAME`, `ENVIRONMENT(VAR)`, `REQUEST_HEADERS_BYTES`,
+//! `PROTOCOL`, `ROUTE_NAME`, `METADATA(ROUTE:filter:key...)`, `LOCAL_REPLY_BODY` (local
+//! reply formats), `HOSTNAME`, `ENVIRONMENT(VAR)`, `REQUEST_HEADERS_BYTES`,
 //! `RESPONSE_HEADERS_BYTES`, `RESPONSE_TRAILERS_BYTES`.
 
 use std::fmt::Write as _;
@@ -83,6 +84,8 @@ pub struct FormatContext<'a> {
     pub uri: Option<&'a Uri>,
     /// `:scheme` when the URI carries none (e.g. "https" on a TLS connection).
     pub scheme: Option<&'a str>,
+    /// `%LOCAL_REPLY_BODY%`: the body of the local reply being formatted.
+    pub local_reply_body: Option<&'a str>,
 }
 
 impl<'a> FormatContext<'a> {
@@ -96,6 +99,7 @@ impl<'a> FormatContext<'a> {
             method: None,
             uri: None,
             scheme: None,
+            local_reply_body: None,
         }
     }
 
@@ -361,6 +365,9 @@ enum OpKind {
     DownstreamDirectRemote(AddressPart),
     Protocol,
     RouteName,
+    /// `METADATA(ROUTE:filter:key:...)`: the filter's namespace, then the key path.
+    RouteMetadata(Box<[Box<str>]>),
+    LocalReplyBody,
     Hostname,
     Environment(Option<Box<str>>),
     RequestHeadersBytes,
@@ -477,8 +484,41 @@ impl OpKind {
                 Some(addr) => write_address(out, addr, *part),
                 None => Rendered::Missing,
             },
-            OpKind::DownstreamRemote(part) | OpKind::DownstreamDirectRemote(part) => {
-                write_address(out, info.downstream_remote, *part)
+            OpKind::DownstreamRemote(part) => write_address(out, info.downstream_remote, *part),
+            OpKind::DownstreamDirectRemote(part) => {
+                write_address(out, info.downstream_direct_remote, *part)
+            }
+            // An empty body is "" (Envoy's `LOCAL_REPLY_BODY` is a string, never "-").
+            OpKind::RouteMetadata(path) => {
+                let Some(metadata) = &info.route_metadata else {
+                    return Rendered::Missing;
+                };
+                let mut value = match metadata.get(&*path[0]) {
+                    Some(v) => v,
+                    None => return Rendered::Missing,
+                };
+                for key in &path[1..] {
+                    match value.get(&**key) {
+                        Some(v) => value = v,
+                        None => return Rendered::Missing,
+                    }
+                }
+                match value {
+                    serde_json::Value::Null => Rendered::Missing,
+                    serde_json::Value::String(text) => {
+                        out.push_str(text);
+                        Rendered::Text
+                    }
+                    // Numbers, booleans, lists and objects as JSON (raw in json_format).
+                    other => {
+                        out.push_str(&other.to_string());
+                        Rendered::Number
+                    }
+                }
+            }
+            OpKind::LocalReplyBody => {
+                out.push_str(ctx.local_reply_body.unwrap_or_default());
+                Rendered::Text
             }
             OpKind::DownstreamLocal(part) => write_address(out, info.downstream_local, *part),
             OpKind::Protocol => write_opt_str(out, Some(info.protocol)),
@@ -885,6 +925,26 @@ fn operator(name: &str, arg: Option<&str>, token: &str) -> Result<OpKind, Format
         "DOWNSTREAM_DIRECT_REMOTE_PORT" => no_arg(OpKind::DownstreamDirectRemote(Port)),
         "PROTOCOL" => no_arg(OpKind::Protocol),
         "ROUTE_NAME" => no_arg(OpKind::RouteName),
+        "LOCAL_REPLY_BODY" => no_arg(OpKind::LocalReplyBody),
+        "METADATA" => {
+            let mut parts = required()?.split(':');
+            match parts.next() {
+                Some("ROUTE") => {}
+                _ => {
+                    return Err(FormatError(format!(
+                        "keel reads only route metadata, METADATA(ROUTE:filter:key...): {token}"
+                    )))
+                }
+            }
+            let path: Box<[Box<str>]> = parts.map(Into::into).collect();
+            if path.is_empty() || path.iter().any(|p| p.is_empty()) {
+                return Err(FormatError(format!(
+                    "METADATA needs a filter namespace and keys, e.g. METADATA(ROUTE:team:owner): \
+                     {token}"
+                )));
+            }
+            Ok(OpKind::RouteMetadata(path))
+        }
         "HOSTNAME" => no_arg(OpKind::Hostname),
         "REQUEST_HEADERS_BYTES" => no_arg(OpKind::RequestHeadersBytes),
         "RESPONSE_HEADERS_BYTES" => no_arg(OpKind::ResponseHeadersBytes),
@@ -1392,5 +1452,46 @@ mod tests {
         assert!(parsed["upstream"].is_null());
         let e = JsonFormatter::new(&[("k".into(), "%BAD%".into())]).unwrap_err();
         assert!(e.0.contains("\"k\"") && e.0.contains("BAD"), "{e}");
+    }
+
+    #[test]
+    fn route_metadata_direct_remote_and_local_reply_body() {
+        let mut info = info();
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"team": {"owner": "mesh", "size": 3}}"#).unwrap();
+        info.route_metadata = Some(std::sync::Arc::new(metadata));
+        assert_eq!(render("%METADATA(ROUTE:team:owner)%", &info), "mesh");
+        assert_eq!(render("%METADATA(ROUTE:team:size)%", &info), "3");
+        assert_eq!(render("%METADATA(ROUTE:team:nope)%", &info), "-");
+        assert_eq!(
+            render("%METADATA(ROUTE:team)%", &info),
+            r#"{"owner":"mesh","size":3}"#
+        );
+        let json = JsonFormatter::new(&[
+            ("o".into(), "%METADATA(ROUTE:team:owner)%".into()),
+            ("t".into(), "%METADATA(ROUTE:team)%".into()),
+        ])
+        .unwrap();
+        let mut out = String::new();
+        json.format_into(&info, &mut out);
+        assert_eq!(
+            out,
+            "{\"o\":\"mesh\",\"t\":{\"owner\":\"mesh\",\"size\":3}}\n"
+        );
+        assert!(Formatter::new("%METADATA(CLUSTER:a:b)%").is_err());
+        assert!(Formatter::new("%METADATA(ROUTE)%").is_err());
+
+        info.downstream_remote = "203.0.113.1:0".parse().unwrap();
+        assert_ne!(
+            render("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", &info),
+            render("%DOWNSTREAM_REMOTE_ADDRESS%", &info),
+            "the direct peer is not the trusted client address"
+        );
+
+        let f = Formatter::new("[%LOCAL_REPLY_BODY%]").unwrap();
+        let mut ctx = FormatContext::new(&info);
+        assert_eq!(f.render(&ctx), "[]", "empty, never -");
+        ctx.local_reply_body = Some("x");
+        assert_eq!(f.render(&ctx), "[x]");
     }
 }

@@ -17,8 +17,11 @@ pub struct StreamInfo {
     pub start_time: SystemTime,
     /// Monotonic start (for durations).
     pub start: Instant,
-    /// Downstream peer (`%DOWNSTREAM_REMOTE_ADDRESS%`).
+    /// Downstream client (`%DOWNSTREAM_REMOTE_ADDRESS%`): the peer, or the trusted
+    /// client address from `x-forwarded-for` (then with port 0).
     pub downstream_remote: SocketAddr,
+    /// The connection's peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub downstream_direct_remote: SocketAddr,
     /// Local address the request arrived on (`%DOWNSTREAM_LOCAL_ADDRESS%`).
     pub downstream_local: SocketAddr,
     /// "HTTP/1.1", "HTTP/2" (`%PROTOCOL%`).
@@ -50,6 +53,8 @@ pub struct StreamInfo {
     pub upstream_cluster: Option<String>,
     /// Route name (`%ROUTE_NAME%`).
     pub route_name: Option<String>,
+    /// The route's `metadata.filter_metadata` (`%METADATA(ROUTE:..)%`).
+    pub route_metadata: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Details of a local reply (`%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: Option<String>,
     /// Tries sent upstream, retries included (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0
@@ -68,6 +73,7 @@ impl StreamInfo {
             start_time: SystemTime::now(),
             start: Instant::now(),
             downstream_remote,
+            downstream_direct_remote: downstream_remote,
             downstream_local,
             protocol,
             request_headers: http::HeaderMap::new(),
@@ -83,6 +89,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_cluster: None,
             route_name: None,
+            route_metadata: None,
             response_code_details: None,
             upstream_attempt_count: 0,
         }

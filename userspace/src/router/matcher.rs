@@ -224,7 +224,7 @@ enum HeaderSource {
 }
 
 #[derive(Debug, Clone)]
-struct CompiledHeaderMatcher {
+pub(crate) struct CompiledHeaderMatcher {
     source: HeaderSource,
     rule: CompiledValueMatch,
     invert: bool,
@@ -269,7 +269,7 @@ impl CompiledValueMatch {
 }
 
 impl CompiledHeaderMatcher {
-    fn new(m: &HeaderMatcher) -> CompiledHeaderMatcher {
+    pub(crate) fn new(m: &HeaderMatcher) -> CompiledHeaderMatcher {
         let source = match m.name.as_str() {
             ":method" => HeaderSource::Method,
             ":path" => HeaderSource::Path,
@@ -288,7 +288,7 @@ impl CompiledHeaderMatcher {
     }
 
     /// Envoy's `HeaderUtility::matchHeaders`.
-    fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         let value = self.value(req);
         let value = match value {
             Some(v) => v,

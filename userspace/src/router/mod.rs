@@ -27,6 +27,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub use headers::HeaderMutationError;
+pub(crate) use matcher::authority as request_authority;
+pub(crate) use matcher::string_matches;
+pub(crate) use rewrite::regex_crate_substitution;
 pub use rewrite::{
     apply_path_rewrite, choose_cluster, redirect_location, rewrite_path, RedirectTarget,
     ORIGINAL_PATH_HEADER,
@@ -38,8 +41,8 @@ use crate::observe::StreamInfo;
 use headers::{CompiledMutations, Target};
 use matcher::{CompiledMatch, RequestView};
 
-/// Route-configuration options the model does not carry yet (Envoy
-/// `RouteConfiguration` fields); all default to Envoy's defaults.
+/// Route-configuration options (Envoy `RouteConfiguration` fields, from the model's
+/// `RouteConfigOptions`); all default to Envoy's defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteTableOptions {
     /// `ignore_port_in_host_matching`: match domains on the host without its `:port`.
@@ -89,6 +92,8 @@ pub struct RouteTable {
 struct CompiledVirtualHost {
     routes: Vec<CompiledRoute>,
     headers: CompiledMutations,
+    /// `virtual_clusters`: the header matchers of each.
+    virtual_clusters: Vec<Vec<matcher::CompiledHeaderMatcher>>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +228,17 @@ impl RouteTable {
                     .map(|route| CompiledRoute::new(route, &mut mutation_errors))
                     .collect(),
                 headers: CompiledMutations::new(&vhost.headers, &mut mutation_errors),
+                virtual_clusters: vhost
+                    .options
+                    .virtual_clusters
+                    .iter()
+                    .map(|vc| {
+                        vc.headers
+                            .iter()
+                            .map(matcher::CompiledHeaderMatcher::new)
+                            .collect()
+                    })
+                    .collect(),
             })
             .collect();
         let headers = CompiledMutations::new(&config.headers, &mut mutation_errors);
@@ -462,6 +478,24 @@ impl<'a> Selected<'a> {
             }
             _ => rewrite_path(forward, &self.route.matcher.path, path_and_query),
         }
+    }
+
+    /// The virtual cluster of the request in its virtual host (Envoy's
+    /// `virtualClusterFromEntries`): the index of the first whose headers all match,
+    /// the number of virtual clusters for the implicit `other` when none does, `None`
+    /// when the virtual host has none.
+    pub fn virtual_cluster(&self, parts: &http::request::Parts, scheme: &str) -> Option<usize> {
+        let clusters = &self.table.virtual_hosts[self.virtual_host_index].virtual_clusters;
+        if clusters.is_empty() {
+            return None;
+        }
+        let view = RequestView::new(parts, scheme, None);
+        Some(
+            clusters
+                .iter()
+                .position(|matchers| matchers.iter().all(|m| m.matches(&view)))
+                .unwrap_or(clusters.len()),
+        )
     }
 
     /// The cluster of a forward route ([`choose_cluster`], with the cumulative weights

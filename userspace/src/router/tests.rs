@@ -22,6 +22,7 @@ fn forward(cluster: &str) -> ForwardAction {
         prefix_rewrite: None,
         regex_rewrite: None,
         host_rewrite: HostRewrite::None,
+        cluster_not_found_status: 503,
         timeout: Some(Duration::from_secs(15)),
         idle_timeout: None,
         upgrades: Vec::new(),
@@ -50,6 +51,8 @@ fn route_to(name: &str, path: PathMatch, cluster: &str) -> Route {
         matcher: matcher(path),
         action: RouteAction::Forward(Box::new(forward(cluster))),
         headers: HeaderMutations::default(),
+        decorator: None,
+        metadata: None,
     }
 }
 
@@ -63,6 +66,7 @@ fn vhost(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         domains: domains.iter().map(|d| d.to_string()).collect(),
         routes,
         headers: HeaderMutations::default(),
+        options: Default::default(),
     }
 }
 
@@ -75,6 +79,7 @@ fn config(virtual_hosts: Vec<VirtualHost>) -> RouteConfig {
         name: "test".into(),
         virtual_hosts,
         headers: HeaderMutations::default(),
+        options: Default::default(),
     }
 }
 
@@ -588,6 +593,8 @@ fn rewriting(
         matcher: matcher(path),
         action: RouteAction::Forward(Box::new(f)),
         headers: HeaderMutations::default(),
+        decorator: None,
+        metadata: None,
     }
 }
 
@@ -819,6 +826,8 @@ fn cluster_choice() {
         matcher: matcher(prefix("/")),
         action: RouteAction::Forward(Box::new(f)),
         headers: HeaderMutations::default(),
+        decorator: None,
+        metadata: None,
     };
     let t = single_host(vec![route]);
     let parts = get("/", "h");

@@ -35,8 +35,10 @@ fn manager_config(routes: Vec<Route>) -> HttpConnectionManager {
                 domains: vec!["*".into()],
                 routes,
                 headers: HeaderMutations::default(),
+                options: Default::default(),
             }],
             headers: HeaderMutations::default(),
+            options: Default::default(),
         },
         http_filters: vec![HttpFilter::Router],
         access_logs: Vec::new(),
@@ -65,6 +67,7 @@ fn manager_config(routes: Vec<Route>) -> HttpConnectionManager {
             initial_connection_window_size: 24 << 20,
         },
         upgrade_types: Vec::new(),
+        options: Default::default(),
     }
 }
 
@@ -85,6 +88,7 @@ fn route_to(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
             prefix_rewrite: None,
             regex_rewrite: None,
             host_rewrite: HostRewrite::None,
+            cluster_not_found_status: 503,
             timeout: Some(PATIENCE),
             idle_timeout: None,
             mirrors: Vec::new(),
@@ -95,6 +99,8 @@ fn route_to(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
             options: Default::default(),
         })),
         headers: HeaderMutations::default(),
+        decorator: None,
+        metadata: None,
     }
 }
 

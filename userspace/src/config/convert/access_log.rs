@@ -129,7 +129,7 @@ fn default_format() -> m::AccessLogFormat {
 /// A `SubstitutionFormatString` (at `path`).
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-fn substitution_format(
+pub(super) fn substitution_format(
     format: &core::SubstitutionFormatString,
     path: &str,
 ) -> Result<m::AccessLogFormat> {
@@ -214,7 +214,7 @@ fn json_format(fields: &wkt::Struct, path: &str) -> Result<m::AccessLogFormat> {
 }
 
 /// An `AccessLogFilter` (at `path`).
-fn access_log_filter(
+pub(super) fn access_log_filter(
     filter: &accesslog::AccessLogFilter,
     path: &str,
 ) -> Result<m::AccessLogFilter> {
@@ -230,6 +230,26 @@ fn access_log_filter(
             &join(&join(path, "duration_filter"), "comparison"),
         )?),
         Some(F::NotHealthCheckFilter(_)) => m::AccessLogFilter::NotHealthCheck,
+        Some(F::HeaderFilter(f)) => {
+            let header_path = join(&join(path, "header_filter"), "header");
+            let Some(header) = &f.header else {
+                return Err(ConfigError::field(
+                    header_path,
+                    "missing; give the header matcher, e.g. {name: x-debug, present_match: true}",
+                ));
+            };
+            let matcher = super::route::header_matcher(header, &header_path)?;
+            if matcher.name.starts_with(':') {
+                return Err(ConfigError::field(
+                    join(&header_path, "name"),
+                    format!(
+                        "keel's header_filter reads regular request headers, not {}",
+                        matcher.name
+                    ),
+                ));
+            }
+            m::AccessLogFilter::Header(m::HeaderFilter(matcher))
+        }
         Some(F::AndFilter(f)) => m::AccessLogFilter::And(filters(
             &f.filters,
             &join(&join(path, "and_filter"), "filters"),
@@ -249,7 +269,7 @@ fn access_log_filter(
             return Err(ConfigError::field(
                 path,
                 "missing the filter; set one of status_code_filter, duration_filter, \
-                 not_health_check_filter, and_filter or or_filter",
+                 not_health_check_filter, header_filter, and_filter or or_filter",
             ))
         }
     })

@@ -6,6 +6,12 @@
 //! true, `stream_idle_timeout` 5 minutes, `drain_timeout` 5 s, connection
 //! `idle_timeout` 1 hour, `max_headers_count` 100, `max_request_headers_kb` 60, and for
 //! HTTP/2 1024 concurrent streams, a 16 MiB stream window and a 24 MiB connection window.
+//!
+//! The less common settings go to [`m::HcmOptions`] (all off by default); Envoy's checks
+//! apply: `strip_matching_host_port` and `strip_any_host_port` exclude each other,
+//! `default_host_for_http_10` needs `accept_http_10`, `via` is a valid header value.
+//! `add_user_agent` takes the node's identity, which `convert::bootstrap` fills in;
+//! `local_reply_config` is converted by `local_reply`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -184,7 +190,124 @@ pub(super) fn http_connection_manager(
             &join(path, "http2_protocol_options"),
         )?,
         upgrade_types: upgrade_types(&config.upgrade_configs, &join(path, "upgrade_configs"))?,
+        options: hcm_options(config, path)?,
     })
+}
+
+/// The settings of [`m::HcmOptions`].
+fn hcm_options(config: &hcm::HttpConnectionManager, path: &str) -> Result<m::HcmOptions> {
+    use hcm::http_connection_manager::StripPortMode;
+
+    let via = if config.via.is_empty() {
+        None
+    } else {
+        let via_path = join(path, "via");
+        header_value(&config.via, &via_path)?;
+        Some(
+            http::HeaderValue::from_str(&config.via)
+                .map_err(|_| ConfigError::field(via_path, "not a valid header value"))?,
+        )
+    };
+    let strip_any = matches!(
+        config.strip_port_mode,
+        Some(StripPortMode::StripAnyHostPort(true))
+    );
+    let strip_port =
+        match (config.strip_matching_host_port, strip_any) {
+            (true, true) => return Err(ConfigError::field(
+                join(path, "strip_any_host_port"),
+                "strip_matching_host_port is set too; set only one of strip_matching_host_port \
+                 and strip_any_host_port (Envoy rejects both)",
+            )),
+            (true, false) => m::StripPort::Matching,
+            (false, true) => m::StripPort::Any,
+            (false, false) => m::StripPort::None,
+        };
+    let internal_addresses = match &config.internal_address_config {
+        None => Vec::new(),
+        Some(internal) => {
+            let internal_path = join(path, "internal_address_config");
+            if internal.unix_sockets {
+                return Err(ConfigError::field(
+                    join(&internal_path, "unix_sockets"),
+                    "keel listens on TCP only, so no peer is a unix socket; remove it",
+                ));
+            }
+            super::cidr_ranges(&internal.cidr_ranges, &join(&internal_path, "cidr_ranges"))?
+        }
+    };
+    let http1 = config.http_protocol_options.as_ref();
+    let http1_path = join(path, "http_protocol_options");
+    let default_host_for_http_10 = match http1 {
+        Some(o) if !o.default_host_for_http_10.is_empty() => {
+            let host_path = join(&http1_path, "default_host_for_http_10");
+            header_value(&o.default_host_for_http_10, &host_path)?;
+            if !o.accept_http_10 {
+                return Err(ConfigError::field(
+                    host_path,
+                    "accept_http_10 is not set, so no HTTP/1.0 request is served; set \
+                 accept_http_10: true or remove default_host_for_http_10",
+                ));
+            }
+            Some(
+                http::HeaderValue::from_str(&o.default_host_for_http_10)
+                    .map_err(|_| ConfigError::field(host_path, "not a valid header value"))?,
+            )
+        }
+        _ => None,
+    };
+    if let Some(d) = &config.delayed_close_timeout {
+        // Accepted and validated only: see `http` (Envoy's delayed close waits for the
+        // peer's FIN after a reply that closes the connection; keel flushes and closes).
+        duration(d, &join(path, "delayed_close_timeout"))?;
+    }
+    Ok(m::HcmOptions {
+        skip_xff_append: config.skip_xff_append,
+        via,
+        always_set_request_id_in_response: config.always_set_request_id_in_response,
+        preserve_external_request_id: config.preserve_external_request_id,
+        strip_port,
+        internal_addresses,
+        // Filled from the bootstrap's node by `convert::bootstrap`.
+        user_agent: config
+            .add_user_agent
+            .as_ref()
+            .is_some_and(|b| b.value)
+            .then(model::Node::default),
+        accept_http_10: http1.is_some_and(|o| o.accept_http_10),
+        default_host_for_http_10,
+        escaped_slashes: escaped_slashes(
+            config.path_with_escaped_slashes_action,
+            &join(path, "path_with_escaped_slashes_action"),
+        )?,
+        stream_error_on_invalid_http_message: config
+            .stream_error_on_invalid_http_message
+            .as_ref()
+            .is_some_and(|b| b.value),
+        local_reply: config
+            .local_reply_config
+            .as_ref()
+            .map(|c| super::local_reply::local_reply_config(c, &join(path, "local_reply_config")))
+            .transpose()?,
+    })
+}
+
+fn escaped_slashes(value: i32, path: &str) -> Result<m::EscapedSlashesAction> {
+    use hcm::http_connection_manager::PathWithEscapedSlashesAction as A;
+    match A::try_from(value) {
+        Ok(A::ImplementationSpecificDefault) | Ok(A::KeepUnchanged) => {
+            Ok(m::EscapedSlashesAction::KeepUnchanged)
+        }
+        Ok(A::RejectRequest) => Ok(m::EscapedSlashesAction::Reject),
+        Ok(A::UnescapeAndRedirect) => Ok(m::EscapedSlashesAction::UnescapeAndRedirect),
+        Ok(A::UnescapeAndForward) => Ok(m::EscapedSlashesAction::UnescapeAndForward),
+        Err(_) => Err(ConfigError::field(
+            path,
+            format!(
+                "unknown value {value}; expected KEEP_UNCHANGED, REJECT_REQUEST,                  UNESCAPE_AND_REDIRECT or UNESCAPE_AND_FORWARD"
+            ),
+        )),
+    }
 }
 
 fn codec(codec_type: i32, path: &str) -> Result<m::Codec> {

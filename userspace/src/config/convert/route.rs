@@ -4,12 +4,14 @@
 //!
 //! The checks are Envoy's: a domain is used once across the route table and `*` at most
 //! once; a wildcard only leads or ends a domain; a route has exactly one action; the
-//! clusters a route names exist (an inline route table validates its clusters in Envoy);
-//! `prefix_rewrite` and `regex_rewrite` exclude each other; a direct response's status is
-//! 200 to 599 and its body at most 4 KiB; headers starting with `:` and `host` cannot be
-//! added or removed. Regexes are compiled here, once: path and value matchers must match
-//! the whole input (Envoy's RE2 full match), so they are anchored; rewrite patterns are
-//! not.
+//! clusters a route names exist (an inline route table validates its clusters in Envoy,
+//! unless `validate_clusters: false`); `prefix_rewrite` and `regex_rewrite` exclude each
+//! other; a direct response's status is 200 to 599 and its body at most
+//! `max_direct_response_body_size_bytes` (default 4 KiB); headers starting with `:` and
+//! `host` cannot be added or removed; a virtual cluster has a unique name and at least one
+//! header matcher; a decorator names its operation. Regexes are compiled here, once: path
+//! and value matchers must match the whole input (Envoy's RE2 full match), so they are
+//! anchored; rewrite patterns (`regex_rewrite`, `host_rewrite_path_regex`) are not.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,11 +68,18 @@ pub(super) fn route_config(
 ) -> Result<m::RouteConfig> {
     let hosts_path = join(path, "virtual_hosts");
     let mut virtual_hosts = Vec::with_capacity(config.virtual_hosts.len());
+    let max_body = match &config.max_direct_response_body_size_bytes {
+        None => MAX_DIRECT_RESPONSE_BODY,
+        Some(limit) => limit.value as usize,
+    };
+    // `validate_clusters: false`: unknown clusters are accepted (503 NC at request time).
+    let _validation =
+        super::ClusterValidation::set(config.validate_clusters.as_ref().is_none_or(|b| b.value));
     // Every domain of the table, with where it was first given.
     let mut domains: HashMap<String, String> = HashMap::new();
     for (i, host) in config.virtual_hosts.iter().enumerate() {
         let host_path = index(&hosts_path, i);
-        let converted = virtual_host(host, &host_path, clusters)?;
+        let converted = virtual_host(host, &host_path, clusters, max_body)?;
         for (j, domain) in converted.domains.iter().enumerate() {
             let domain_path = index(&join(&host_path, "domains"), j);
             if let Some(first) = domains.get(domain) {
@@ -101,13 +110,36 @@ pub(super) fn route_config(
             &config.response_headers_to_remove,
             path,
         )?,
+        options: m::RouteConfigOptions {
+            ignore_port_in_host_matching: config.ignore_port_in_host_matching,
+            most_specific_header_mutations_wins: config.most_specific_header_mutations_wins,
+            internal_only_headers: internal_only_headers(
+                &config.internal_only_headers,
+                &join(path, "internal_only_headers"),
+            )?,
+        },
     })
+}
+
+/// `internal_only_headers`: header names, lower-cased.
+fn internal_only_headers(names: &[String], path: &str) -> Result<Vec<http::HeaderName>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let item = index(path, i);
+            let lower = regular_header_name(name, &item)?;
+            http::HeaderName::from_bytes(lower.as_bytes())
+                .map_err(|_| ConfigError::field(item, format!("{name:?} is not a header name")))
+        })
+        .collect()
 }
 
 fn virtual_host(
     host: &route::VirtualHost,
     path: &str,
     clusters: &[model::Cluster],
+    max_body: usize,
 ) -> Result<m::VirtualHost> {
     if host.name.is_empty() {
         return Err(ConfigError::field(
@@ -133,7 +165,7 @@ fn virtual_host(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| convert_route(r, &index(&routes_path, i), clusters))
+        .map(|(i, r)| convert_route(r, &index(&routes_path, i), clusters, max_body))
         .collect::<Result<Vec<_>>>()?;
     // What routes take from their virtual host: its retry policy when they have none,
     // its buffer limit, the attempt-count headers.
@@ -170,7 +202,71 @@ fn virtual_host(
             &host.response_headers_to_remove,
             path,
         )?,
+        options: m::VirtualHostOptions {
+            require_tls: require_tls(host.require_tls, &join(path, "require_tls"))?,
+            virtual_clusters: virtual_clusters(
+                &host.virtual_clusters,
+                &join(path, "virtual_clusters"),
+            )?,
+        },
     })
+}
+
+fn require_tls(value: i32, path: &str) -> Result<m::RequireTls> {
+    use route::virtual_host::TlsRequirementType as T;
+    match T::try_from(value) {
+        Ok(T::None) => Ok(m::RequireTls::None),
+        Ok(T::ExternalOnly) => Ok(m::RequireTls::ExternalOnly),
+        Ok(T::All) => Ok(m::RequireTls::All),
+        Err(_) => Err(ConfigError::field(
+            path,
+            format!("unknown value {value}; expected NONE, EXTERNAL_ONLY or ALL"),
+        )),
+    }
+}
+
+/// `virtual_clusters`: each with a unique name and at least one header matcher.
+fn virtual_clusters(list: &[route::VirtualCluster], path: &str) -> Result<Vec<m::VirtualCluster>> {
+    let mut seen: HashMap<&str, String> = HashMap::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, vc) in list.iter().enumerate() {
+        let item = index(path, i);
+        if vc.name.is_empty() {
+            return Err(ConfigError::field(
+                join(&item, "name"),
+                "missing; a virtual cluster needs a name (its statistics are \
+                 vhost.<virtual host>.vcluster.<name>.*)",
+            ));
+        }
+        if let Some(first) = seen.insert(&vc.name, item.clone()) {
+            return Err(ConfigError::field(
+                join(&item, "name"),
+                format!(
+                    "duplicate virtual cluster \"{}\" (first at {first})",
+                    vc.name
+                ),
+            ));
+        }
+        let headers_path = join(&item, "headers");
+        if vc.headers.is_empty() {
+            return Err(ConfigError::field(
+                headers_path,
+                "missing; give at least one header matcher (e.g. {name: \":path\", \
+                 string_match: {prefix: \"/api\"}})",
+            ));
+        }
+        let headers = vc
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(j, h)| header_matcher(h, &index(&headers_path, j)))
+            .collect::<Result<Vec<_>>>()?;
+        out.push(m::VirtualCluster {
+            name: vc.name.clone(),
+            headers,
+        });
+    }
+    Ok(out)
 }
 
 /// A domain, lower-cased: `*`, an exact name, or one `*` leading (`*.example.com`,
@@ -201,7 +297,12 @@ fn domain(domain: &str, path: &str) -> Result<String> {
     Ok(lower)
 }
 
-fn convert_route(r: &route::Route, path: &str, clusters: &[model::Cluster]) -> Result<m::Route> {
+fn convert_route(
+    r: &route::Route,
+    path: &str,
+    clusters: &[model::Cluster],
+    max_body: usize,
+) -> Result<m::Route> {
     use route::route::Action;
 
     let match_path = join(path, "match");
@@ -228,7 +329,7 @@ fn convert_route(r: &route::Route, path: &str, clusters: &[model::Cluster]) -> R
             m::RouteAction::Redirect(convert_redirect(redirect, &join(path, "redirect"))?)
         }
         Some(Action::DirectResponse(response)) => {
-            direct_response(response, &join(path, "direct_response"))?
+            direct_response(response, &join(path, "direct_response"), max_body)?
         }
         // The supported-field check rejects these first.
         Some(Action::FilterAction(_)) => {
@@ -261,6 +362,28 @@ fn convert_route(r: &route::Route, path: &str, clusters: &[model::Cluster]) -> R
             &r.response_headers_to_remove,
             path,
         )?,
+        decorator: match &r.decorator {
+            None => None,
+            Some(d) if d.operation.is_empty() => {
+                return Err(ConfigError::field(
+                    join(&join(path, "decorator"), "operation"),
+                    "missing; name the operation (the span name of this route)",
+                ))
+            }
+            Some(d) => Some(d.operation.clone()),
+        },
+        metadata: r
+            .metadata
+            .as_ref()
+            .filter(|m| !m.filter_metadata.is_empty())
+            .map(|m| {
+                std::sync::Arc::new(
+                    m.filter_metadata
+                        .iter()
+                        .map(|(k, v)| (k.clone(), super::struct_to_json(v)))
+                        .collect(),
+                )
+            }),
     })
 }
 
@@ -352,7 +475,7 @@ fn separated_prefix(prefix: &str, path: &str) -> Result<()> {
 
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<m::HeaderMatcher> {
+pub(super) fn header_matcher(h: &route::HeaderMatcher, path: &str) -> Result<m::HeaderMatcher> {
     use route::header_matcher::HeaderMatchSpecifier as S;
 
     let name = matcher_header_name(&h.name, &join(path, "name"))?;
@@ -631,6 +754,18 @@ fn forward(
         }
         Some(H::AutoHostRewrite(auto)) if auto.value => m::HostRewrite::Auto,
         Some(H::AutoHostRewrite(_)) => m::HostRewrite::None,
+        Some(H::HostRewriteHeader(name)) => {
+            let header_path = join(path, "host_rewrite_header");
+            let lower = regular_header_name(name, &header_path)?;
+            m::HostRewrite::Header(http::HeaderName::from_bytes(lower.as_bytes()).map_err(
+                |_| ConfigError::field(header_path, format!("{name:?} is not a header name")),
+            )?)
+        }
+        Some(H::HostRewritePathRegex(rewrite)) => {
+            let (re, substitution) =
+                self::regex_rewrite(rewrite, &join(path, "host_rewrite_path_regex"))?;
+            m::HostRewrite::PathRegex(re, crate::router::regex_crate_substitution(&substitution))
+        }
         // The supported-field check rejects these first.
         Some(_) => {
             return Err(ConfigError::field(
@@ -681,6 +816,10 @@ fn forward(
         prefix_rewrite,
         regex_rewrite,
         host_rewrite,
+        cluster_not_found_status: cluster_not_found_status(
+            action.cluster_not_found_response_code,
+            &join(path, "cluster_not_found_response_code"),
+        )?,
         // With max_stream_duration Envoy's router applies no route timeout (and sends
         // no x-envoy-expected-rq-timeout-ms): the stream duration limit replaces it.
         timeout: if max_stream_duration.is_some() {
@@ -703,6 +842,23 @@ fn forward(
             ..m::ForwardOptions::default()
         },
     })
+}
+
+/// `cluster_not_found_response_code` as a status.
+fn cluster_not_found_status(value: i32, path: &str) -> Result<u16> {
+    use route::route_action::ClusterNotFoundResponseCode as C;
+    match C::try_from(value) {
+        Ok(C::ServiceUnavailable) => Ok(503),
+        Ok(C::NotFound) => Ok(404),
+        Ok(C::InternalServerError) => Ok(500),
+        Err(_) => Err(ConfigError::field(
+            path,
+            format!(
+                "unknown value {value}; expected SERVICE_UNAVAILABLE, NOT_FOUND or \
+                 INTERNAL_SERVER_ERROR"
+            ),
+        )),
+    }
 }
 
 /// A route's `priority`: DEFAULT or HIGH.
@@ -1205,7 +1361,11 @@ fn convert_redirect(redirect: &route::RedirectAction, path: &str) -> Result<m::R
     })
 }
 
-fn direct_response(response: &route::DirectResponseAction, path: &str) -> Result<m::RouteAction> {
+fn direct_response(
+    response: &route::DirectResponseAction,
+    path: &str,
+    max_body: usize,
+) -> Result<m::RouteAction> {
     use core::data_source::Specifier;
 
     // Envoy's rule: 200 <= status < 600.
@@ -1235,12 +1395,13 @@ fn direct_response(response: &route::DirectResponseAction, path: &str) -> Result
         }
     };
     if let Some(body) = &body {
-        if body.len() > MAX_DIRECT_RESPONSE_BODY {
+        if body.len() > max_body {
             return Err(ConfigError::field(
                 body_path,
                 format!(
-                    "the body is {} bytes; Envoy's limit for a direct response body is \
-                     {MAX_DIRECT_RESPONSE_BODY} bytes",
+                    "the body is {} bytes; the limit for a direct response body is {max_body} \
+                     bytes (the route configuration's max_direct_response_body_size_bytes, \
+                     default {MAX_DIRECT_RESPONSE_BODY})",
                     body.len()
                 ),
             ));
@@ -1294,7 +1455,10 @@ fn header_mutations(
 
 // Envoy still accepts the deprecated fields read here, so keel does too.
 #[allow(deprecated)]
-fn header_value_option(h: &core::HeaderValueOption, path: &str) -> Result<m::HeaderValueOption> {
+pub(super) fn header_value_option(
+    h: &core::HeaderValueOption,
+    path: &str,
+) -> Result<m::HeaderValueOption> {
     use core::header_value_option::HeaderAppendAction as A;
 
     let header_path = join(path, "header");
