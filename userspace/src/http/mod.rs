@@ -168,6 +168,9 @@ pub struct ConnectionManager {
     /// Some route or the connection manager allows websocket: HTTP/1 connections
     /// are served upgradeable.
     upgradeable: bool,
+    /// The listener's `per_connection_buffer_limit_bytes`: the request body kept for
+    /// retries when the route sets no limit of its own.
+    buffer_limit: u64,
     h1: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// For the rare client that pauses inside the HTTP/2 preface.
@@ -364,6 +367,7 @@ impl ConnectionManager {
             headers: headers::HeaderPolicy::new(&config),
             upgrade_websocket,
             upgradeable,
+            buffer_limit: retry::DEFAULT_BUFFER_LIMIT,
             h1,
             h2,
             auto,
@@ -384,6 +388,13 @@ impl ConnectionManager {
             _ => None,
         };
         by_route.unwrap_or(self.upgrade_websocket)
+    }
+
+    /// Keeps at most `limit` bytes of a request body for retries when the route sets
+    /// no limit (the listener's `per_connection_buffer_limit_bytes`; 1 MiB otherwise).
+    pub fn with_buffer_limit(mut self, limit: u32) -> ConnectionManager {
+        self.buffer_limit = u64::from(limit);
+        self
     }
 
     /// The configuration served.

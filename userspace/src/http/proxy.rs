@@ -19,8 +19,8 @@ use super::headers::{millis_value, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, X_ENVOY_UPSTR
 use super::local_reply::{grpc, LocalReply};
 use super::request::{RequestMeta, SCHEME};
 use super::retry::{
-    Decision, Failure, RequestBuffer, RetryState, DEFAULT_BUFFER_LIMIT, X_ENVOY_ATTEMPT_COUNT,
-    X_ENVOY_OVERLOADED, X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
+    Decision, Failure, RequestBuffer, RetryState, X_ENVOY_ATTEMPT_COUNT, X_ENVOY_OVERLOADED,
+    X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS,
 };
 use super::stream::{Expiry, RequestState, ResponseBody, StreamGuard};
 use super::Connection;
@@ -404,7 +404,7 @@ impl Connection {
         let options = &forward.options;
         let level = cluster.breakers.at(options.priority);
         let buffer = (!body.is_end_stream()).then(|| {
-            RequestBuffer::new(body, options.buffer_limit.unwrap_or(DEFAULT_BUFFER_LIMIT))
+            RequestBuffer::new(body, options.buffer_limit.unwrap_or(self.hcm.buffer_limit))
         });
         let mut abandoned = false;
         let head = parts;

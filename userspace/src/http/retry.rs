@@ -20,7 +20,7 @@
 //!
 //! The request body is kept in a [`RequestBuffer`] while it streams to the first try,
 //! up to the route's buffer limit (Envoy's `per_request_buffer_limit_bytes` /
-//! `request_body_buffer_limit`, else the listener's 1 MiB). A later try replays it and
+//! `request_body_buffer_limit`, else the listener's `per_connection_buffer_limit_bytes`, 1 MiB by default). A later try replays it and
 //! goes on with the frames still to come. A body past the limit is not kept any more
 //! and the request is not retried (`retry_or_shadow_abandoned`), as in Envoy; the
 //! try in flight keeps streaming.
@@ -64,7 +64,7 @@ pub(crate) const X_ENVOY_ATTEMPT_COUNT: HeaderName =
 pub(crate) const X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// The listener's `per_connection_buffer_limit_bytes` (Envoy's default).
+/// Envoy's default `per_connection_buffer_limit_bytes` of a listener.
 pub(crate) const DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
 
 /// How a try ended without response headers.

@@ -547,6 +547,44 @@ async fn a_body_over_the_buffer_limit_is_not_retried() {
 }
 
 #[tokio::test]
+async fn the_listener_buffer_limit_applies_when_the_route_sets_none() {
+    let backend = start_scripted(vec![Reply::Status(503), Reply::Status(200)]).await;
+    let name = "rt_listener_limit";
+    let forward = retrying(name, retry_policy("5xx", 3));
+    assert_eq!(forward.options.buffer_limit, None);
+    let config = manager_config(
+        name,
+        vec![route("/", RouteAction::Forward(Box::new(forward)))],
+    );
+    let upstreams = Arc::new(crate::upstream::Upstreams::new(&[cluster(
+        name,
+        backend.address,
+        UpstreamProtocol::Http1,
+    )]));
+    // As `listener::start` builds it for `per_connection_buffer_limit_bytes: 1024`.
+    let manager = Arc::new(
+        super::ConnectionManager::new(Arc::new(config), upstreams)
+            .expect("config compiles")
+            .with_buffer_limit(1024),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let keel = listener.local_addr().unwrap();
+    tokio::spawn(Arc::clone(&manager).serve(listener));
+    let request = Request::post("/upload")
+        .header("host", "test.example")
+        .body(Full::new(Bytes::from(vec![b'x'; 8 * 1024])).boxed())
+        .unwrap();
+    let response = send(keel, false, request).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "over the listener's limit: not retried"
+    );
+    assert_eq!(stat(name, "retry_or_shadow_abandoned"), 1);
+}
+
+#[tokio::test]
 async fn max_requests_overflow_is_503_uo() {
     let backend = start_scripted(vec![Reply::Delay(Duration::from_millis(500), 200)]).await;
     let name = "rt_breaker";

@@ -257,7 +257,8 @@ fn chain_handler(
                 .map_err(|source| ListenerError::Http {
                     name: listener.name.clone(),
                     source: Box::new(source),
-                })?;
+                })?
+                .with_buffer_limit(listener.buffer_limit);
             Ok(ChainHandler::Http(Arc::new(manager)))
         }
         _ => Err(unsupported(
