@@ -476,6 +476,7 @@ pub const SUPPORTED_FIELDS: &[(&str, &[&str])] = &[
             "name",
             "type",
             "connect_timeout",
+            "per_connection_buffer_limit_bytes",
             "lb_policy",
             "maglev_lb_config",
             "ring_hash_lb_config",

@@ -834,3 +834,16 @@ fn filter_chain_errors_name_the_field() {
         "exactly one filter chain",
     );
 }
+
+#[test]
+fn cluster_buffer_limit_defaults_to_one_mebibyte() {
+    let model = load_yaml(&minimal("", CLUSTER_C, "", ENDPOINT));
+    assert_eq!(model.clusters[0].buffer_limit, 1024 * 1024);
+    let model = load_yaml(&minimal(
+        "",
+        CLUSTER_C,
+        "    per_connection_buffer_limit_bytes: 16384",
+        ENDPOINT,
+    ));
+    assert_eq!(model.clusters[0].buffer_limit, 16384);
+}

@@ -132,6 +132,9 @@ pub struct Cluster {
     pub name: String,
     /// `connect_timeout` (Envoy's default is 5s).
     pub connect_timeout: Duration,
+    /// `per_connection_buffer_limit_bytes` (Envoy's default 1 MiB): the most an
+    /// upstream HTTP/1.1 connection buffers while reading a response head.
+    pub buffer_limit: u32,
     /// `lb_policy` with its policy-specific settings.
     pub lb_policy: LbPolicy,
     /// For a STATIC cluster, `load_assignment.endpoints[*].lb_endpoints[*]` flattened in
@@ -166,6 +169,7 @@ impl Default for Cluster {
         Cluster {
             name: String::new(),
             connect_timeout: Duration::from_secs(5),
+            buffer_limit: 1024 * 1024,
             lb_policy: LbPolicy::RoundRobin,
             endpoints: Vec::new(),
             discovery: Discovery::Static,

@@ -224,6 +224,8 @@ pub struct ClusterUpstream {
     name: String,
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
+    /// `per_connection_buffer_limit_bytes`.
+    buffer_limit: u32,
     lb_policy: LbPolicy,
     /// Connection-pool settings.
     pub(crate) pool: model::pool::PoolOptions,
@@ -346,6 +348,7 @@ impl ClusterUpstream {
             name: cluster.name.clone(),
             protocol: cluster.upstream_protocol,
             connect_timeout: cluster.connect_timeout,
+            buffer_limit: cluster.buffer_limit,
             lb_policy: cluster.lb_policy,
             pool: cluster.pool,
             breakers: breaker::Breakers::new(&cluster.name, &cluster.circuit_breakers),
@@ -366,6 +369,11 @@ impl ClusterUpstream {
     /// The cluster's `connect_timeout`.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// The cluster's `per_connection_buffer_limit_bytes`.
+    pub fn buffer_limit(&self) -> u32 {
+        self.buffer_limit
     }
 
     /// The cluster's load-balancing policy.

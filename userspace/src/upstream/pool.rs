@@ -323,6 +323,8 @@ impl EndpointPool {
         let connected = async {
             let stream = self.connect(cluster, host).await?;
             http1::Builder::new()
+                // hyper's smallest read buffer is 8 KiB.
+                .max_buf_size((cluster.buffer_limit() as usize).max(8192))
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| self.reset(e))

@@ -237,6 +237,9 @@ pub(super) fn convert_cluster(c: &cluster::Cluster, path: &str) -> Result<model:
     Ok(model::Cluster {
         name: c.name.clone(),
         connect_timeout,
+        buffer_limit: c
+            .per_connection_buffer_limit_bytes
+            .map_or(model::Cluster::default().buffer_limit, |v| v.value),
         lb_policy,
         endpoints,
         discovery,
