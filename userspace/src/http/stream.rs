@@ -471,6 +471,16 @@ impl hyper::body::Body for ResponseBody {
             }
             Poll::Ready(Some(Err(error))) => {
                 let flag = match &error {
+                    BodyError::Hyper(e) if is_truncated_body(e) => {
+                        // As Envoy's HTTP/1 codec: a body cut short by the upstream's
+                        // close is a protocol error after the response started.
+                        if stream.log {
+                            stream.info.response_code_details = Some(
+                                "upstream_reset_after_response_started{protocol_error}".to_owned(),
+                            );
+                        }
+                        "UPE"
+                    }
                     BodyError::Hyper(e) if e.is_incomplete_message() || e.is_closed() => "UC",
                     BodyError::Hyper(_) => "UR",
                     _ => "DI",
@@ -542,4 +552,12 @@ impl Drop for ResponseBody {
             self.inner.is_end_stream() || self.stream.0.as_deref().is_some_and(|s| s.head_request);
         self.stream.finish(complete);
     }
+}
+
+/// An HTTP/1.1 response body that ended before its length or last chunk: hyper's
+/// body error caused by an unexpected end of the stream.
+fn is_truncated_body(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
