@@ -79,7 +79,7 @@ mod retry_tests;
 mod stats;
 mod stream;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod upgrade;
 
 use std::convert::Infallible;

@@ -22,9 +22,9 @@ use crate::observe::stats;
 use crate::upstream::Upstreams;
 
 /// Bounds every wait in these tests.
-pub(super) const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
-pub(super) fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConnectionManager {
+pub(crate) fn manager_config(stat_prefix: &str, routes: Vec<Route>) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
         codec: Codec::Auto,

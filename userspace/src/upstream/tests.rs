@@ -14,62 +14,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::http::tests::{manager_config, PATIENCE};
 use crate::http::ConnectionManager;
 use crate::model::http::*;
 use crate::model::{self, Discovery, Dns, DnsLookupFamily, EndpointAddress, LbEndpoint, LbPolicy};
 use crate::model::{LocalityEndpoints, UpstreamProtocol};
 use crate::observe::stats;
 use crate::upstream::{HealthFlags, Upstreams};
-
-/// Bounds every wait in these tests.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-fn manager_config(routes: Vec<Route>) -> HttpConnectionManager {
-    HttpConnectionManager {
-        stat_prefix: "lb_e2e".into(),
-        codec: Codec::Auto,
-        route_config: RouteConfig {
-            name: "local".into(),
-            virtual_hosts: vec![VirtualHost {
-                name: "all".into(),
-                domains: vec!["*".into()],
-                routes,
-                headers: HeaderMutations::default(),
-                options: Default::default(),
-            }],
-            headers: HeaderMutations::default(),
-            options: Default::default(),
-        },
-        http_filters: vec![HttpFilter::Router],
-        access_logs: Vec::new(),
-        use_remote_address: true,
-        xff_num_trusted_hops: 0,
-        generate_request_id: true,
-        server_name: "envoy".into(),
-        server_header: ServerHeader::Overwrite,
-        timeouts: HttpTimeouts {
-            request: None,
-            stream_idle: Some(Duration::from_secs(300)),
-            request_headers: None,
-            connection_idle: Some(Duration::from_secs(3600)),
-            max_connection_duration: None,
-            max_stream_duration: None,
-            drain: Duration::from_secs(5),
-        },
-        max_headers_count: 100,
-        max_request_headers_kb: 60,
-        normalize_path: false,
-        merge_slashes: false,
-        headers_with_underscores: UnderscoreAction::Allow,
-        http2: Http2Options {
-            max_concurrent_streams: 1024,
-            initial_stream_window_size: 16 << 20,
-            initial_connection_window_size: 24 << 20,
-        },
-        upgrade_types: Vec::new(),
-        options: Default::default(),
-    }
-}
 
 /// A catch-all route to `cluster` with these hash policies.
 fn route_to(cluster: &str, hash_policy: Vec<HashPolicy>) -> Route {
@@ -138,8 +89,11 @@ async fn start_keel(
     let upstreams = Arc::new(Upstreams::new(clusters));
     assert!(upstreams.initialized(PATIENCE).await, "clusters initialize");
     let manager = Arc::new(
-        ConnectionManager::new(Arc::new(manager_config(routes)), Arc::clone(&upstreams))
-            .expect("config compiles"),
+        ConnectionManager::new(
+            Arc::new(manager_config("lb_e2e", routes)),
+            Arc::clone(&upstreams),
+        )
+        .expect("config compiles"),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind keel");
     let address = listener.local_addr().unwrap();
