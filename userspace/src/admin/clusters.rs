@@ -11,10 +11,10 @@
 //! added in. For clusters behind a kernel-balanced listener, `cx_active` falls back to
 //! the kernel's own count of the endpoint's connections.
 //!
-//! Circuit-breaker lines show Envoy's default thresholds (1024 connections, pending
-//! requests and requests, 3 retries, at both priorities): what a cluster without
-//! `circuit_breakers` has. Localities and canary are not kept yet, so region, zone and
-//! sub_zone are empty and canary is false.
+//! Circuit-breaker lines show the cluster's thresholds at both priorities (Envoy's
+//! defaults, 1024 connections, pending requests and requests and 3 retries, where
+//! `circuit_breakers` leaves them out). Region, zone and sub_zone are the host's
+//! locality; canary is not kept, so it is false.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -27,7 +27,8 @@ use serde_json::{json, Map, Value};
 
 use super::handlers::{address_json, AdminRequest, AdminResponse};
 use super::Admin;
-use crate::model::{Balancing, Bootstrap, NetworkFilter, Protocol};
+use crate::model::breakers::{RoutingPriority, Thresholds};
+use crate::model::{Balancing, Bootstrap, Locality, NetworkFilter, Protocol};
 use crate::observe::stats::StatValue;
 use crate::upstream::outlier::SuccessRateFigures;
 use crate::upstream::HealthFlags;
@@ -43,15 +44,6 @@ const HOST_COUNTERS: &[&str] = &[
 ];
 /// Envoy's host gauges.
 const HOST_GAUGES: &[&str] = &["cx_active", "rq_active", "rq_pending_active"];
-
-/// Envoy's default circuit-breaker thresholds: max_connections, max_pending_requests,
-/// max_requests, max_retries.
-const DEFAULT_THRESHOLDS: [(&str, u64); 4] = [
-    ("max_connections", 1024),
-    ("max_pending_requests", 1024),
-    ("max_requests", 1024),
-    ("max_retries", 3),
-];
 
 /// Envoy's health flags in the order `/clusters` lists them, with their text and
 /// JSON (`envoy.admin.v3.HostHealthStatus`) names.
@@ -92,6 +84,7 @@ struct Host {
     address: SocketAddr,
     weight: u32,
     priority: u32,
+    locality: Locality,
     /// [`HealthFlags`] bits.
     flags: u32,
     /// Percent, or negative when not computed.
@@ -103,6 +96,9 @@ struct Host {
 /// One cluster and its hosts.
 struct ClusterHosts {
     name: String,
+    /// `max_connections`, `max_pending_requests`, `max_requests`, `max_retries` at the
+    /// DEFAULT and the HIGH priority.
+    thresholds: [[(&'static str, u64); 4]; 2],
     /// Success-rate figures when the cluster has outlier detection.
     outlier: Option<SuccessRateFigures>,
     hosts: Vec<Host>,
@@ -208,21 +204,31 @@ fn collect(admin: &Admin, filter: Option<&Regex>) -> Vec<ClusterHosts> {
         .filter(|cluster| filter.is_none_or(|f| f.is_match(&cluster.name)))
         .map(|cluster| {
             let live = upstreams.as_ref().and_then(|u| u.get(&cluster.name));
+            let localities = cluster.effective_localities();
             let hosts = match live {
-                Some(live) => live
-                    .hosts()
-                    .hosts
-                    .iter()
-                    .map(|host| Host {
-                        address: host.address,
-                        weight: host.weight,
-                        priority: host.priority,
-                        flags: host.health.get(),
-                        success_rate: host.outlier.success_rate(),
-                        local_origin_success_rate: host.outlier.local_origin_success_rate(),
-                        stats: values(&cluster.name, host.address, Some(host)),
-                    })
-                    .collect(),
+                Some(live) => {
+                    let set = live.hosts();
+                    set.hosts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, host)| Host {
+                            address: host.address,
+                            weight: host.weight,
+                            priority: host.priority,
+                            locality: set
+                                .localities
+                                .of_host
+                                .get(i)
+                                .and_then(|&l| localities.get(l as usize))
+                                .map(|l| l.locality.clone())
+                                .unwrap_or_default(),
+                            flags: host.health.get(),
+                            success_rate: host.outlier.success_rate(),
+                            local_origin_success_rate: host.outlier.local_origin_success_rate(),
+                            stats: values(&cluster.name, host.address, Some(host)),
+                        })
+                        .collect()
+                }
                 None => cluster
                     .endpoints
                     .iter()
@@ -230,6 +236,7 @@ fn collect(admin: &Admin, filter: Option<&Regex>) -> Vec<ClusterHosts> {
                         address: endpoint.address,
                         weight: endpoint.weight,
                         priority: 0,
+                        locality: Locality::default(),
                         flags: 0,
                         success_rate: -1.0,
                         local_origin_success_rate: -1.0,
@@ -237,8 +244,13 @@ fn collect(admin: &Admin, filter: Option<&Regex>) -> Vec<ClusterHosts> {
                     })
                     .collect(),
             };
+            let breakers = &cluster.circuit_breakers;
             ClusterHosts {
                 name: cluster.name.clone(),
+                thresholds: [
+                    thresholds(breakers.at(RoutingPriority::Default)),
+                    thresholds(breakers.at(RoutingPriority::High)),
+                ],
                 outlier: live
                     .and_then(|l| l.health.outlier.as_ref())
                     .map(|d| d.figures())
@@ -247,6 +259,16 @@ fn collect(admin: &Admin, filter: Option<&Regex>) -> Vec<ClusterHosts> {
             }
         })
         .collect()
+}
+
+/// A priority's thresholds as `/clusters` lists them.
+fn thresholds(t: &Thresholds) -> [(&'static str, u64); 4] {
+    [
+        ("max_connections", u64::from(t.max_connections)),
+        ("max_pending_requests", u64::from(t.max_pending_requests)),
+        ("max_requests", u64::from(t.max_requests)),
+        ("max_retries", u64::from(t.max_retries)),
+    ]
 }
 
 fn no_figures() -> SuccessRateFigures {
@@ -263,6 +285,7 @@ fn text(clusters: &[ClusterHosts]) -> String {
     let mut out = String::new();
     for ClusterHosts {
         name,
+        thresholds,
         outlier,
         hosts,
     } in clusters
@@ -290,8 +313,8 @@ fn text(clusters: &[ClusterHosts]) -> String {
                 figures.local_origin_success_rate_ejection_threshold
             );
         }
-        for priority in ["default_priority", "high_priority"] {
-            for (threshold, value) in DEFAULT_THRESHOLDS {
+        for (priority, values) in ["default_priority", "high_priority"].iter().zip(thresholds) {
+            for (threshold, value) in values {
                 let _ = writeln!(out, "{name}::{priority}::{threshold}::{value}");
             }
         }
@@ -304,9 +327,9 @@ fn text(clusters: &[ClusterHosts]) -> String {
             let _ = writeln!(out, "{prefix}::hostname::");
             let _ = writeln!(out, "{prefix}::health_flags::{}", flags_text(host.flags));
             let _ = writeln!(out, "{prefix}::weight::{}", host.weight);
-            let _ = writeln!(out, "{prefix}::region::");
-            let _ = writeln!(out, "{prefix}::zone::");
-            let _ = writeln!(out, "{prefix}::sub_zone::");
+            let _ = writeln!(out, "{prefix}::region::{}", host.locality.region);
+            let _ = writeln!(out, "{prefix}::zone::{}", host.locality.zone);
+            let _ = writeln!(out, "{prefix}::sub_zone::{}", host.locality.sub_zone);
             let _ = writeln!(out, "{prefix}::canary::false");
             let _ = writeln!(out, "{prefix}::priority::{}", host.priority);
             let _ = writeln!(out, "{prefix}::success_rate::{}", host.success_rate);
@@ -343,17 +366,18 @@ fn json(clusters: &[ClusterHosts]) -> Value {
         .map(
             |ClusterHosts {
                  name,
+                 thresholds,
                  outlier,
                  hosts,
              }| {
                 let hosts: Vec<Value> = hosts.iter().map(host_json).collect();
-                let threshold = |priority: Option<&str>| {
+                let threshold = |priority: Option<&str>, values: &[(&str, u64); 4]| {
                     let mut m = Map::new();
                     if let Some(priority) = priority {
                         m.insert("priority".into(), json!(priority));
                     }
-                    for (name, value) in DEFAULT_THRESHOLDS {
-                        m.insert(name.into(), json!(value));
+                    for (name, value) in values {
+                        m.insert((*name).into(), json!(value));
                     }
                     Value::Object(m)
                 };
@@ -363,7 +387,10 @@ fn json(clusters: &[ClusterHosts]) -> Value {
                 cluster.insert("host_statuses".into(), Value::Array(hosts));
                 cluster.insert(
                     "circuit_breakers".into(),
-                    json!({"thresholds": [threshold(None), threshold(Some("HIGH"))]}),
+                    json!({"thresholds": [
+                        threshold(None, &thresholds[0]),
+                        threshold(Some("HIGH"), &thresholds[1]),
+                    ]}),
                 );
                 if let Some(figures) = outlier {
                     if let Some(v) = percent(figures.success_rate_ejection_threshold) {
@@ -410,7 +437,17 @@ fn host_json(host: &Host) -> Value {
     out.insert("stats".into(), Value::Array(metrics));
     out.insert("health_status".into(), Value::Object(health));
     out.insert("weight".into(), json!(host.weight));
-    out.insert("locality".into(), json!({}));
+    let mut locality = Map::new();
+    for (key, value) in [
+        ("region", &host.locality.region),
+        ("zone", &host.locality.zone),
+        ("sub_zone", &host.locality.sub_zone),
+    ] {
+        if !value.is_empty() {
+            locality.insert(key.into(), json!(value));
+        }
+    }
+    out.insert("locality".into(), Value::Object(locality));
     if host.priority != 0 {
         out.insert("priority".into(), json!(host.priority));
     }
@@ -452,6 +489,7 @@ mod tests {
             .collect();
         values.extend(pairs.iter().copied());
         Host {
+            locality: Locality::default(),
             address: address.parse().unwrap(),
             weight,
             priority: 0,
@@ -477,6 +515,10 @@ mod tests {
     #[test]
     fn text_lines_per_host_in_envoys_order() {
         let clusters = vec![ClusterHosts {
+            thresholds: [
+                thresholds(&Thresholds::default()),
+                thresholds(&Thresholds::default()),
+            ],
             name: "web".into(),
             outlier: None,
             hosts: vec![host(
@@ -522,6 +564,10 @@ web::10.0.0.1:8080::local_origin_success_rate::-1
     #[test]
     fn json_follows_proto3_defaults() {
         let clusters = vec![ClusterHosts {
+            thresholds: [
+                thresholds(&Thresholds::default()),
+                thresholds(&Thresholds::default()),
+            ],
             name: "web".into(),
             outlier: None,
             hosts: vec![host(
@@ -570,6 +616,10 @@ mod health_tests {
     #[test]
     fn outlier_lines_and_json_health_status() {
         let clusters = vec![ClusterHosts {
+            thresholds: [
+                thresholds(&Thresholds::default()),
+                thresholds(&Thresholds::default()),
+            ],
             name: "hc".into(),
             outlier: Some(SuccessRateFigures {
                 success_rate_average: 90.5,
@@ -578,6 +628,7 @@ mod health_tests {
                 local_origin_success_rate_ejection_threshold: -1.0,
             }),
             hosts: vec![Host {
+                locality: Locality::default(),
                 address: "127.0.0.1:19002".parse().unwrap(),
                 weight: 1,
                 priority: 1,
@@ -665,10 +716,15 @@ static_resources:
     load_assignment:
       cluster_name: hc_admin
       endpoints:
-      - lb_endpoints:
+      - locality: {{region: eu-west, zone: eu-west-1a, sub_zone: rack-7}}
+        lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}
           load_balancing_weight: 3
+    circuit_breakers:
+      thresholds:
+      - {{max_connections: 7, max_requests: 9}}
+      - {{priority: HIGH, max_retries: 5}}
     health_checks:
     - timeout: 1s
       interval: 60s
@@ -698,7 +754,14 @@ static_resources:
             format!("{c}::health_flags::/failed_active_hc"),
             format!("{c}::weight::3"),
             "hc_admin::outlier::success_rate_average::-1".to_string(),
-            "hc_admin::default_priority::max_connections::1024".to_string(),
+            "hc_admin::default_priority::max_connections::7".to_string(),
+            "hc_admin::default_priority::max_pending_requests::1024".to_string(),
+            "hc_admin::default_priority::max_requests::9".to_string(),
+            "hc_admin::high_priority::max_connections::1024".to_string(),
+            "hc_admin::high_priority::max_retries::5".to_string(),
+            format!("{a}::region::eu-west"),
+            format!("{a}::zone::eu-west-1a"),
+            format!("{c}::sub_zone::rack-7"),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
@@ -726,6 +789,14 @@ static_resources:
         assert_eq!(
             hosts[1]["health_status"],
             json!({"failed_active_health_check": true, "eds_health_status": "HEALTHY"})
+        );
+        assert_eq!(
+            hosts[0]["locality"],
+            json!({"region": "eu-west", "zone": "eu-west-1a", "sub_zone": "rack-7"})
+        );
+        assert_eq!(
+            json["cluster_statuses"][0]["circuit_breakers"]["thresholds"][0]["max_connections"],
+            json!(7)
         );
         drop(checkers);
     }
