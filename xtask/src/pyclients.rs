@@ -34,21 +34,7 @@ pub fn ensure() -> Result<Outcome> {
         return Ok(Outcome::AlreadyPresent);
     }
     let venv = venv();
-    if !venv.join("bin/python").is_file() {
-        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    }
-    cmd::run(
-        Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--no-input", "--timeout", "30", "--retries", "2"])
-            .args(PACKAGES),
-    )?;
+    cmd::pip_install(&venv, PACKAGES)?;
     if !installed() {
         bail!(
             "{} installed into {}, but its Python cannot import them",

@@ -223,16 +223,13 @@ over the measurement (CPU seconds / wall seconds), whole proxy and keel's keel-h
 thread; RSS after it. The proxy runs on core 0; wrk and the backends (one keel, which \
 also answers every health check) share core 1, so with health checks on, the backends \
 also serve N checks/s on the load core.\n";
-    println!("\n{table}\n{notes}");
-    std::fs::write(dir.with_extension("md"), format!("{table}\n{notes}"))
-        .with_context(|| format!("writing {}", dir.with_extension("md").display()))?;
-    let json_path = ctx.out_dir.join(format!("{stem}.json"));
-    report::write_json(&json_path, &value)?;
-    println!(
-        "[bench] results: {} and {}",
-        json_path.display(),
-        dir.with_extension("md").display()
-    );
+    report::announce(&report::publish(
+        &ctx.out_dir,
+        &stem,
+        &table,
+        notes,
+        &value,
+    )?);
     Ok(())
 }
 

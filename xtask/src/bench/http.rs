@@ -463,21 +463,20 @@ fn run(ctx: &Context, spec: &Spec) -> Result<()> {
     };
     let table = results.table();
     let notes = results.notes();
-    println!("\n{table}\n{notes}");
-    let md = ctx.out_dir.join(format!("{stem}.md"));
-    std::fs::write(&md, format!("{table}\n{notes}"))
-        .with_context(|| format!("writing {}", md.display()))?;
-    let json_path = ctx.out_dir.join(format!("{stem}.json"));
-    report::write_json(&json_path, &results.to_json(ctx.quick))?;
-    let mut written = vec![json_path, md];
+    let mut written = report::publish(
+        &ctx.out_dir,
+        &stem,
+        &table,
+        &notes,
+        &results.to_json(ctx.quick),
+    )?;
     if matches!(spec.load, Load::Rate { .. }) {
         let svg_path = ctx.out_dir.join(format!("{stem}.svg"));
         std::fs::write(&svg_path, results.plot())
             .with_context(|| format!("writing {}", svg_path.display()))?;
         written.push(svg_path);
     }
-    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-    println!("[bench] results: {}", names.join(", "));
+    report::announce(&written);
     Ok(())
 }
 

@@ -209,19 +209,14 @@ pub fn run(ctx: &Context) -> Result<()> {
     };
     let table = results.table()?;
     let notes = results.notes(envoy.as_ref().err());
-    println!("\n{table}\n{notes}");
-    std::fs::write(dir.with_extension("md"), format!("{table}\n{notes}"))
-        .with_context(|| format!("writing {}", dir.with_extension("md").display()))?;
-    let json_path = ctx.out_dir.join(format!("{stem}.json"));
-    report::write_json(
-        &json_path,
-        &results.to_json(ctx.quick, envoy.as_ref().err())?,
-    )?;
-    println!(
-        "[bench] results: {} and {}",
-        json_path.display(),
-        dir.with_extension("md").display()
-    );
+    let json = results.to_json(ctx.quick, envoy.as_ref().err())?;
+    report::announce(&report::publish(
+        &ctx.out_dir,
+        &stem,
+        &table,
+        &notes,
+        &json,
+    )?);
     Ok(())
 }
 

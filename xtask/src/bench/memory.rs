@@ -161,17 +161,13 @@ pub fn run(ctx: &Context) -> Result<()> {
     };
     let table = results.table();
     let notes = results.notes();
-    println!("\n{table}\n{notes}");
-    let md = ctx.out_dir.join(format!("{stem}.md"));
-    std::fs::write(&md, format!("{table}\n{notes}"))
-        .with_context(|| format!("writing {}", md.display()))?;
-    let json_path = ctx.out_dir.join(format!("{stem}.json"));
-    report::write_json(&json_path, &results.to_json(ctx.quick))?;
-    println!(
-        "[bench] results: {} and {}",
-        json_path.display(),
-        md.display()
-    );
+    report::announce(&report::publish(
+        &ctx.out_dir,
+        &stem,
+        &table,
+        &notes,
+        &results.to_json(ctx.quick),
+    )?);
     Ok(())
 }
 

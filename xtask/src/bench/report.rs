@@ -2,7 +2,7 @@
 //! average (recorded before and after, since the machine is shared), number formats,
 //! and JSON written under target/bench.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -158,6 +158,30 @@ impl Table {
 pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("serialising the results")?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Prints a scenario's table and notes, and writes them to `<out_dir>/<stem>.md` and
+/// `json` to `<out_dir>/<stem>.json`; returns the two paths, JSON first.
+pub fn publish(
+    out_dir: &Path,
+    stem: &str,
+    table: &str,
+    notes: &str,
+    json: &Value,
+) -> Result<Vec<PathBuf>> {
+    println!("\n{table}\n{notes}");
+    let md = out_dir.join(format!("{stem}.md"));
+    std::fs::write(&md, format!("{table}\n{notes}"))
+        .with_context(|| format!("writing {}", md.display()))?;
+    let json_path = out_dir.join(format!("{stem}.json"));
+    write_json(&json_path, json)?;
+    Ok(vec![json_path, md])
+}
+
+/// Says where a scenario's results went.
+pub fn announce(written: &[PathBuf]) {
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    println!("[bench] results: {}", names.join(", "));
 }
 
 /// `0.987×`, or `–` without a ratio.
