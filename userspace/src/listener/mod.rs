@@ -178,8 +178,13 @@ pub async fn start(bootstrap: &Bootstrap) -> Result<Listeners, ListenerError> {
             // Same port as the first (which may have been chosen by the kernel).
             sockets.push(bind(bound).map_err(bind_error)?);
         }
+        let matches_anything = listener.filter_chains.len() == 1
+            && listener.filter_chains[0].filter_chain_match == Default::default()
+            && listener.default_filter_chain.is_none()
+            && !listener.listener_filters.inspects();
         let served = Arc::new(ServedListener {
             name: listener.name.clone(),
+            matches_anything,
             selector,
             chains,
             default_chain,
@@ -275,6 +280,9 @@ struct ServedListener {
     chains: Vec<ChainHandler>,
     default_chain: Option<ChainHandler>,
     filters: ListenerFilters,
+    /// One chain whose match is empty and no listener filter: every connection goes to
+    /// it without a look.
+    matches_anything: bool,
     /// `listener.<address>.no_filter_chain_match`.
     no_match: Counter,
 }
@@ -298,12 +306,7 @@ impl ServedListener {
 
     /// Runs the listener filters, picks the chain and hands the connection to it.
     async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let handler = if self.chains.len() == 1
-            && self.default_chain.is_none()
-            && !self.filters.inspects()
-            && self.selector.select(&ConnectionFacts::default()).is_some()
-        {
-            // One chain that matches anything: nothing to look at.
+        let handler = if self.matches_anything {
             &self.chains[0]
         } else {
             let mut facts = ConnectionFacts {

@@ -219,6 +219,14 @@ impl EndpointPool {
         Ok(Slot(&level.pending))
     }
 
+    /// A connection closed, or failed to open: its breaker slot is given back and a
+    /// request waiting for a connection may go on.
+    fn connection_gone(&self, slot: ConnectionSlot) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+        self.released.notify_one();
+    }
+
     async fn connect(
         &self,
         cluster: &ClusterUpstream,
@@ -306,9 +314,7 @@ impl EndpointPool {
             state.draining.store(true, Ordering::Relaxed);
             active.dec();
             host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-            host.pool.open.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
-            host.pool.released.notify_one();
+            host.pool.connection_gone(slot);
         });
     }
 
@@ -333,9 +339,7 @@ impl EndpointPool {
         let (sender, connection) = match connected {
             Ok(pair) => pair,
             Err(e) => {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-                self.released.notify_one();
+                self.connection_gone(slot);
                 return Err(e);
             }
         };
@@ -515,9 +519,7 @@ impl EndpointPool {
         let (sender, connection) = match connected {
             Ok(pair) => pair,
             Err(e) => {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                drop(slot);
-                self.released.notify_one();
+                self.connection_gone(slot);
                 return Err(e);
             }
         };
