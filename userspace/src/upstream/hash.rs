@@ -29,17 +29,6 @@ pub struct RequestHash {
     pub set_cookie: Option<HeaderValue>,
 }
 
-/// Walks `policies` in order over a request's headers and its downstream source.
-/// A cookie policy with a `ttl` needs the connection's addresses to generate a cookie
-/// (see [`request_hash_for_connection`]); here it generates none.
-pub fn request_hash(
-    policies: &[HashPolicy],
-    headers: &HeaderMap,
-    source: Option<IpAddr>,
-) -> RequestHash {
-    walk(policies, headers, source, None)
-}
-
 /// Walks `policies` in order over a request's headers and its downstream connection
 /// (remote and local addresses), generating a cookie where a policy asks for one.
 pub fn request_hash_for_connection(
@@ -170,6 +159,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The walk without a connection: a cookie policy with a `ttl` generates no cookie.
+    fn request_hash(
+        policies: &[HashPolicy],
+        headers: &HeaderMap,
+        source: Option<IpAddr>,
+    ) -> RequestHash {
+        walk(policies, headers, source, None)
+    }
 
     fn header(name: &'static str) -> HashPolicy {
         HashPolicy {
