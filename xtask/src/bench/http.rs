@@ -517,7 +517,7 @@ pub fn start_peer(
     let service = match peer {
         Peer::Direct => bail!("direct has no proxy to start"),
         Peer::Keel => {
-            let config = write("keel.yaml", peers::envoy_http_bootstrap(route, false))?;
+            let config = write("keel.yaml", peers::envoy_http_bootstrap(route))?;
             let mut service = Service::start(
                 "keel",
                 sandbox
@@ -535,7 +535,7 @@ pub fn start_peer(
                 Ok(envoy) => envoy,
                 Err(reason) => return Ok(Started::Skipped(reason.clone())),
             };
-            let config = write("envoy.yaml", peers::envoy_http_bootstrap(route, true))?;
+            let config = write("envoy.yaml", peers::envoy_http_bootstrap(route))?;
             Service::start(
                 "envoy",
                 sandbox

@@ -343,8 +343,8 @@ impl Results {
              RSS = VmRSS of the proxy process. Idle: 1 s after start. h1: {} connections, one request each, then \
              idle. h2: {} h2c connections × {} streams held open by the backend (h2c upstream; nginx via \
              grpc_pass). bytes/conn and bytes/stream: growth over the idle RSS of the same start, divided by the \
-             count. Envoy gets circuit-breaker thresholds of 1,000,000 (its defaults, 1024, would refuse the \
-             streams; keel has no circuit breakers). Load average before: {:.2} {:.2} {:.2}; after: {:.2} {:.2} \
+             count. keel and Envoy get circuit-breaker thresholds of 1,000,000 (the defaults, 1024, would \
+             refuse the streams). Load average before: {:.2} {:.2} {:.2}; after: {:.2} {:.2} \
              {:.2}; run took {:.0} s.\n",
             s.repetitions,
             s.h1_connections,

@@ -123,15 +123,14 @@ pub struct HttpRoute {
     /// gRPC (nginx needs `grpc_pass` for it).
     pub grpc: bool,
     /// Requests may last long (the memory scenario holds streams open): no route
-    /// timeout, and Envoy's circuit breakers (default 1024 connections, pending and
-    /// active requests; keel has none) raised out of the way.
+    /// timeout, and the circuit breakers (Envoy's defaults, which keel shares: 1024
+    /// connections, pending and active requests) raised out of the way.
     pub long_requests: bool,
 }
 
 /// A listener with an HTTP connection manager (codec AUTO, router, no access log)
-/// routing everything to one cluster. `envoy` adds what only Envoy needs (circuit
-/// breaker thresholds for [`HttpRoute::long_requests`]; keel rejects the field).
-pub fn envoy_http_bootstrap(route: &HttpRoute, envoy: bool) -> String {
+/// routing everything to one cluster; keel and Envoy read the same one.
+pub fn envoy_http_bootstrap(route: &HttpRoute) -> String {
     let HttpRoute {
         listen, backend, ..
     } = route;
@@ -181,7 +180,7 @@ pub fn envoy_http_bootstrap(route: &HttpRoute, envoy: bool) -> String {
              \x20         http2_protocol_options: {}\n",
         );
     }
-    if envoy && route.long_requests {
+    if route.long_requests {
         yaml.push_str(
             "    circuit_breakers:\n\
              \x20     thresholds:\n\
@@ -321,21 +320,17 @@ mod tests {
     #[test]
     fn http_configs_route_one_listener_to_one_endpoint() {
         let route = http_route(Protocol::H2c, true);
-        let keel = envoy_http_bootstrap(&route, false);
+        let keel = envoy_http_bootstrap(&route);
         assert!(keel.contains("codec_type: AUTO"), "{keel}");
         assert!(
             keel.contains("route: {cluster: backend, timeout: 0s}"),
             "{keel}"
         );
         assert!(keel.contains("http2_protocol_options: {}"), "{keel}");
-        assert!(
-            !keel.contains("circuit_breakers"),
-            "keel rejects it: {keel}"
-        );
+        assert!(keel.contains("max_requests: 1000000"), "{keel}");
         assert!(!keel.contains("access_log"), "{keel}");
-        let envoy = envoy_http_bootstrap(&route, true);
-        assert!(envoy.contains("max_requests: 1000000"), "{envoy}");
-        let plain = envoy_http_bootstrap(&http_route(Protocol::Http1, false), true);
+        let plain = envoy_http_bootstrap(&http_route(Protocol::Http1, false));
+        assert!(!plain.contains("circuit_breakers"), "{plain}");
         assert!(!plain.contains("http2_protocol_options"), "{plain}");
         let haproxy = haproxy_http_config(&route, 9000);
         assert!(haproxy.contains("maxconn 9000"), "{haproxy}");
