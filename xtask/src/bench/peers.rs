@@ -329,7 +329,10 @@ mod tests {
         assert!(keel.contains("http2_protocol_options: {}"), "{keel}");
         assert!(keel.contains("max_requests: 1000000"), "{keel}");
         assert!(!keel.contains("access_log"), "{keel}");
-        let plain = envoy_http_bootstrap(&http_route(Protocol::Http1, false));
+        let plain = envoy_http_bootstrap(&HttpRoute {
+            long_requests: false,
+            ..http_route(Protocol::Http1, false)
+        });
         assert!(!plain.contains("circuit_breakers"), "{plain}");
         assert!(!plain.contains("http2_protocol_options"), "{plain}");
         let haproxy = haproxy_http_config(&route, 9000);
