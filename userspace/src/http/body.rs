@@ -1,5 +1,6 @@
 //! Bodies on the HTTP path: [`Body`], the one type that flows in both directions
-//! (hyper's `Incoming` passed through untouched in the common case), and the
+//! (hyper's `Incoming` or keel's upstream HTTP/1.1 body passed through untouched in
+//! the common case), and the
 //! request-side tracker that tells the stream when the request has been received.
 //!
 //! Bodies are streamed frame by frame, trailers included (gRPC); nothing is buffered
@@ -23,6 +24,10 @@ pub enum BodyError {
     /// The peer's stream failed (reset, connection closed, malformed framing).
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+    /// A pooled HTTP/1.1 upstream connection failed under the response body (boxed:
+    /// the error may hold a request body's error in turn).
+    #[error(transparent)]
+    Upstream(Box<crate::upstream::H1Error>),
     /// A filter stopped the stream with a local reply.
     #[error("stopped by a filter: {0}")]
     Reply(Box<LocalReply>),
@@ -44,6 +49,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// Straight from hyper.
     Incoming(Incoming),
+    /// A response read from a pooled HTTP/1.1 upstream connection (keel's client).
+    Upstream(crate::upstream::UpstreamBody),
     /// Wrapped by a filter or a tracker.
     Boxed(UnsyncBoxBody<Bytes, BodyError>),
 }
@@ -82,6 +89,9 @@ impl hyper::body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(BodyError::Hyper),
+            Body::Upstream(upstream) => Pin::new(upstream)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Upstream(Box::new(e))),
             Body::Boxed(boxed) => Pin::new(boxed).poll_frame(cx),
         }
     }
@@ -92,6 +102,7 @@ impl hyper::body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::Incoming(incoming) => incoming.is_end_stream(),
+            Body::Upstream(upstream) => upstream.is_end_stream(),
             Body::Boxed(boxed) => boxed.is_end_stream(),
         }
     }
@@ -102,6 +113,7 @@ impl hyper::body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(incoming) => incoming.size_hint(),
+            Body::Upstream(upstream) => upstream.size_hint(),
             Body::Boxed(boxed) => boxed.size_hint(),
         }
     }

@@ -346,7 +346,7 @@ impl Connection {
                     (Some(upstream), Some(downstream)) => Some((downstream, upstream)),
                     _ => None,
                 };
-                let response = Response::from_parts(head, Body::Incoming(body));
+                let response = Response::from_parts(head, body);
                 let mut response = if meta.filters_ran == 0 {
                     self.finish_response(stream, response)
                 } else {
@@ -655,7 +655,7 @@ impl Connection {
     fn upstream_response(
         &self,
         stream: &mut StreamGuard,
-        response: Response<hyper::body::Incoming>,
+        response: Response<Body>,
         lease: crate::upstream::Lease,
         how: UpstreamResponse<'_>,
     ) -> Response<Body> {
@@ -693,7 +693,7 @@ impl Connection {
             head.headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Response::from_parts(head, Body::Incoming(body))
+        Response::from_parts(head, body)
     }
 
     /// Applies a route's `max_stream_duration` to the stream, as Envoy's
@@ -828,7 +828,7 @@ impl Connection {
                 }
                 let request = Request::from_parts(head, body);
                 let exchange = async {
-                    let (response, lease) = cluster.send(&host, protocol, request).await.ok()?;
+                    let (response, _lease) = cluster.send(&host, protocol, request).await.ok()?;
                     let mut body = response.into_body();
                     while let Some(frame) =
                         std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx))
@@ -836,7 +836,6 @@ impl Connection {
                     {
                         frame.ok()?;
                     }
-                    lease.release();
                     Some(())
                 };
                 let _ = tokio::time::timeout(timeout, exchange).await;
@@ -932,11 +931,7 @@ enum TryExpiry {
 
 /// How a try ended.
 enum TryResult {
-    Response(
-        Response<hyper::body::Incoming>,
-        crate::upstream::Lease,
-        Instant,
-    ),
+    Response(Response<Body>, crate::upstream::Lease, Instant),
     Failure(LocalReply),
 }
 

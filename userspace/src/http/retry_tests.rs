@@ -995,3 +995,160 @@ async fn envoy_request_headers_ask_for_retries_and_timeouts() {
         "x-envoy-expected-rq-timeout-ms follows the header's timeout"
     );
 }
+
+/// A backend that answers every request on a connection with the next of `responses`
+/// (raw bytes, written as given), then closes the connection after `per_connection`
+/// answers. Returns its address and the count of connections it accepted.
+async fn start_raw(
+    responses: Vec<&'static [u8]>,
+    per_connection: usize,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let (responses, answered) = (responses.clone(), Arc::clone(&answered));
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for _ in 0..per_connection {
+                    // A request head (these tests send no request bodies).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let n = answered.fetch_add(1, Ordering::SeqCst);
+                    let response = responses[n.min(responses.len() - 1)];
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+/// keel in front of one raw backend over pooled HTTP/1.1.
+async fn keel_to_raw(name: &str, backend: SocketAddr) -> SocketAddr {
+    let config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(forward_action(name))),
+        )],
+    );
+    let c = cluster(name, backend, UpstreamProtocol::Http1);
+    start_keel_manager(config, &[c]).await.0
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+    // The backend closes each connection after one answer, without saying so.
+    let (backend, accepted) =
+        start_raw(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], 1).await;
+    let keel = keel_to_raw("rt_h1_closed_idle", backend).await;
+    for _ in 0..3 {
+        let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, "ok");
+        // Time for the close to reach keel.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one connection per request"
+    );
+    assert_eq!(stat("rt_h1_closed_idle", "upstream_rq_total"), 3);
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused_and_close_delimited_ones_are_not() {
+    let (backend, accepted) = start_raw(
+        vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nthree",
+        ],
+        3,
+    )
+    .await;
+    let keel = keel_to_raw("rt_h1_reuse", backend).await;
+    for expected in ["one", "two", "three"] {
+        let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, expected);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+    // `connection: close` took that connection out of the pool: the next request opens
+    // another.
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(text(response).await, "three");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_body_that_ends_with_the_connection_is_read_to_the_close() {
+    let (backend, _) = start_raw(
+        vec![b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end"],
+        1,
+    )
+    .await;
+    let keel = keel_to_raw("rt_h1_close_delimited", backend).await;
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "until the end");
+}
+
+#[tokio::test]
+async fn an_invalid_upstream_response_is_a_503_protocol_error() {
+    let (backend, _) = start_raw(vec![b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"], 1).await;
+    let keel = keel_to_raw("rt_h1_invalid", backend).await;
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = text(response).await;
+    assert!(body.contains("protocol error"), "{body}");
+}
+
+#[tokio::test]
+async fn idle_http1_connections_are_closed_by_the_sweeper() {
+    let backend = start_scripted(vec![Reply::Status(200)]).await;
+    let name = "rt_h1_idle_cx";
+    let config = manager_config(
+        name,
+        vec![route(
+            "/",
+            RouteAction::Forward(Box::new(forward_action(name))),
+        )],
+    );
+    let mut c = cluster(name, backend.address, UpstreamProtocol::Http1);
+    c.pool.idle_timeout = Some(Duration::from_millis(200));
+    let (keel, _) = start_keel_manager(config, &[c]).await;
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    text(response).await;
+    assert_eq!(counter(&format!("cluster.{name}.upstream_cx_active")), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A second request in between keeps the connection: it expires 200 ms after it.
+    let response = send(keel, false, get("/").body(empty()).unwrap()).await;
+    text(response).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(stat(name, "upstream_cx_idle_timeout"), 0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(stat(name, "upstream_cx_idle_timeout"), 1);
+    assert_eq!(counter(&format!("cluster.{name}.upstream_cx_active")), 0);
+    assert_eq!(stat(name, "upstream_cx_total"), 1);
+}

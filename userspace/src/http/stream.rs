@@ -23,7 +23,7 @@ use super::body::{Body, BodyError, RequestEnd};
 use super::Connection;
 use crate::model::http::HttpTimeouts;
 use crate::observe::StreamInfo;
-use crate::upstream::Lease;
+use crate::upstream::{H1Error, Lease};
 
 /// Whether the request body has been received.
 #[derive(Debug)]
@@ -312,15 +312,11 @@ impl ActiveStream {
     }
 
     fn finish(&mut self, response_complete: bool) {
-        let (bytes, request_complete, request_at) = match &mut self.request {
-            RequestState::Complete {
-                bytes,
-                complete,
-                at,
-            } => (*bytes, *complete, Some(*at)),
+        let (bytes, request_at) = match &mut self.request {
+            RequestState::Complete { bytes, at, .. } => (*bytes, Some(*at)),
             RequestState::Pending(receiver) => match receiver.try_recv() {
-                Ok(end) => (end.bytes, end.complete, Some(end.at)),
-                Err(_) => (0, false, None),
+                Ok(end) => (end.bytes, Some(end.at)),
+                Err(_) => (0, None),
             },
         };
         if self.log {
@@ -334,11 +330,9 @@ impl ActiveStream {
             // The client went away (or reset) before the response ended.
             self.info.response_flags.push("DC");
         }
-        if let Some(lease) = self.lease.take() {
-            if response_complete && request_complete {
-                lease.release();
-            }
-        }
+        // Ends the upstream request's hold (a pooled HTTP/1.1 connection went back
+        // with the response body already, when the exchange completed).
+        self.lease = None;
         let conn = &self.conn;
         if let Some(sleep) = self.timers.sleep.take() {
             conn.put_spare_timer(sleep);
@@ -470,8 +464,13 @@ impl hyper::body::Body for ResponseBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
+                let truncated = match &error {
+                    BodyError::Hyper(e) => is_truncated_body(e),
+                    BodyError::Upstream(e) => matches!(**e, H1Error::Truncated),
+                    _ => false,
+                };
                 let flag = match &error {
-                    BodyError::Hyper(e) if is_truncated_body(e) => {
+                    _ if truncated => {
                         // As Envoy's HTTP/1 codec: a body cut short by the upstream's
                         // close is a protocol error after the response started.
                         if stream.log {
@@ -482,7 +481,8 @@ impl hyper::body::Body for ResponseBody {
                         "UPE"
                     }
                     BodyError::Hyper(e) if e.is_incomplete_message() || e.is_closed() => "UC",
-                    BodyError::Hyper(_) => "UR",
+                    BodyError::Upstream(e) if e.is_termination() => "UC",
+                    BodyError::Hyper(_) | BodyError::Upstream(_) => "UR",
                     _ => "DI",
                 };
                 stream.flag(flag);

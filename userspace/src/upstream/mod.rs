@@ -5,11 +5,12 @@
 //!
 //! Each endpoint owns one pool shared by every worker thread:
 //!
-//! - HTTP/1.1: a LIFO stack of idle keep-alive connections (`http1::SendRequest`)
-//!   behind a `std::sync::Mutex` held only for one push or pop. A connection goes back
-//!   on the stack when its response body has been read to the end and its request
-//!   body fully sent; dropped earlier, hyper closes it. LIFO keeps the hottest
-//!   connections in use and lets the rest be closed by the upstream's idle timeout.
+//! - HTTP/1.1: a LIFO stack of idle keep-alive connections behind a
+//!   `std::sync::Mutex` held only for one push or pop. A connection goes back on the
+//!   stack when its response body has been read to the end and its request body fully
+//!   sent; dropped earlier, it is closed. LIFO keeps the hottest connections in use and
+//!   lets the rest be closed by the idle timeouts. keel's own client (`h1`) drives
+//!   each exchange in the task of the request that leases the connection.
 //! - HTTP/2 (h2c by prior knowledge): multiplexed connections per endpoint whose
 //!   `SendRequest` handles are cloned per request; a request takes the first
 //!   connection with fewer streams than `max_concurrent_streams`, and another
@@ -27,12 +28,13 @@
 //! compare-and-swap each way, held for a `Vec` push/pop) and was cheaper to get
 //! right than a lock-free stack; revisit if a profile says otherwise.
 //!
-//! Every connection is driven by its own task (hyper's `Connection` future), sets
-//! `TCP_NODELAY`, and is bounded by the cluster's `connect_timeout`. Stats use
-//! Envoy's names under `cluster.<name>.`.
+//! HTTP/2 and upgraded HTTP/1.1 connections are driven by a task each (hyper's
+//! `Connection` future). Every connection sets `TCP_NODELAY` and is bounded by the
+//! cluster's `connect_timeout`. Stats use Envoy's names under `cluster.<name>.`.
 
 pub mod breaker;
 mod discovery;
+mod h1;
 pub mod hash;
 pub mod health;
 #[cfg(test)]
@@ -51,7 +53,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
+pub use h1::{H1Error, UpstreamBody};
 use hyper::{Request, Response};
 
 use crate::http::body::Body;
@@ -94,8 +96,8 @@ pub enum UpstreamError {
     Reset {
         /// The endpoint.
         endpoint: SocketAddr,
-        /// hyper's error.
-        source: hyper::Error,
+        /// What happened.
+        source: ResetCause,
     },
     /// A circuit breaker refused the request (`max_requests`,
     /// `max_pending_requests`, or `max_connections` for an upgrade).
@@ -118,9 +120,9 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connection timeout",
             UpstreamError::Overflow { .. } => "overflow",
             UpstreamError::Reset { source, .. } => {
-                if source.is_closed() || source.is_incomplete_message() || source.is_canceled() {
+                if source.is_termination() {
                     "connection termination"
-                } else if source.is_parse() {
+                } else if source.is_protocol_error() {
                     "protocol error"
                 } else {
                     "remote reset"
@@ -136,12 +138,37 @@ impl UpstreamError {
             UpstreamError::NoHealthyUpstream { .. } => "UH",
             UpstreamError::Overflow { .. } => "UO",
             UpstreamError::ConnectFailure { .. } | UpstreamError::ConnectTimeout { .. } => "UF",
-            UpstreamError::Reset { source, .. }
-                if source.is_closed() || source.is_incomplete_message() || source.is_canceled() =>
-            {
-                "UC"
-            }
+            UpstreamError::Reset { source, .. } if source.is_termination() => "UC",
             UpstreamError::Reset { .. } => "UR",
+        }
+    }
+}
+
+/// What reset an upstream exchange before its response headers.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetCause {
+    /// hyper's HTTP/2 client, or its HTTP/1.1 client for an upgrade.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// keel's HTTP/1.1 client (pooled connections).
+    #[error(transparent)]
+    Http1(#[from] H1Error),
+}
+
+impl ResetCause {
+    /// The connection ended under the exchange (Envoy's "connection termination").
+    pub fn is_termination(&self) -> bool {
+        match self {
+            ResetCause::Hyper(e) => e.is_closed() || e.is_incomplete_message() || e.is_canceled(),
+            ResetCause::Http1(e) => e.is_termination(),
+        }
+    }
+
+    /// The upstream broke the protocol.
+    pub fn is_protocol_error(&self) -> bool {
+        match self {
+            ResetCause::Hyper(e) => e.is_parse(),
+            ResetCause::Http1(e) => e.is_protocol_error(),
         }
     }
 }
@@ -518,7 +545,7 @@ impl ClusterUpstream {
         host: &Arc<Host>,
         protocol: WireProtocol,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Body>, Lease), UpstreamError> {
         self.send_at(host, protocol, RoutingPriority::Default, request)
             .await
     }
@@ -530,15 +557,11 @@ impl ClusterUpstream {
         protocol: WireProtocol,
         priority: RoutingPriority,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Body>, Lease), UpstreamError> {
         let mut lease = self.lease(host, priority)?;
         let level = self.breakers.at(priority);
         let response = match protocol {
-            WireProtocol::Http1 => {
-                let (response, conn) = host.pool.send_h1(self, host, level, request).await?;
-                lease.h1 = Some(conn);
-                response
-            }
+            WireProtocol::Http1 => host.pool.send_h1(self, host, level, request).await?,
             WireProtocol::Http2 => {
                 let (response, stream) = host.pool.send_h2(self, host, level, request).await?;
                 lease.h2 = Some(stream);
@@ -555,13 +578,13 @@ impl ClusterUpstream {
         self: &Arc<Self>,
         host: &Arc<Host>,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Body>, Lease), UpstreamError> {
         let priority = RoutingPriority::Default;
         let lease = self.lease(host, priority)?;
         let level = self.breakers.at(priority);
         let response = host.pool.send_upgrade(self, host, level, request).await?;
         self.stats.record_status(response.status().as_u16());
-        Ok((response, lease))
+        Ok((response.map(Body::Incoming), lease))
     }
 
     fn lease(
@@ -588,32 +611,25 @@ impl ClusterUpstream {
             cluster: Arc::clone(self),
             host: Arc::clone(host),
             priority,
-            h1: None,
             h2: None,
         })
     }
 }
 
-/// One request's hold on its upstream: keeps the active-request counts up and, for
-/// HTTP/1.1, owns the connection until the exchange is over.
+/// One request's hold on its upstream: keeps the active-request counts up (and holds
+/// an HTTP/2 stream) until the exchange is over. A pooled HTTP/1.1 connection belongs
+/// to the response body instead, which gives it back when the exchange completes.
 #[derive(Debug)]
 pub struct Lease {
     cluster: Arc<ClusterUpstream>,
     host: Arc<Host>,
     priority: RoutingPriority,
-    h1: Option<pool::H1Conn>,
     h2: Option<pool::H2Stream>,
 }
 
 impl Lease {
-    /// The exchange completed cleanly (response read to the end, request body sent):
-    /// an HTTP/1.1 connection goes back to the pool. Dropping a lease without calling
-    /// this closes its HTTP/1.1 connection.
-    pub fn release(mut self) {
-        if let Some(conn) = self.h1.take() {
-            self.host.pool.put_idle(&self.cluster, conn);
-        }
-    }
+    /// The exchange completed cleanly (response read to the end, request body sent).
+    pub fn release(self) {}
 
     /// The cluster this lease belongs to.
     pub fn cluster(&self) -> &Arc<ClusterUpstream> {

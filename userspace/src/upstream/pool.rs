@@ -8,11 +8,16 @@
 //! the host has none at all, as in Envoy), or waits until a connection of the host
 //! goes idle, frees a stream or closes. The route's timeout bounds the wait.
 //!
-//! Every connection's task also enforces `idle_timeout` (the connection is closed
-//! once it has had no request for that long; `upstream_cx_idle_timeout`), and a
-//! connection that served `max_requests_per_connection` requests is closed
-//! (HTTP/1.1, after its last response) or drained (HTTP/2: no new streams)
-//! (`upstream_cx_max_requests`).
+//! `idle_timeout` closes a connection once it has had no request for that long
+//! (`upstream_cx_idle_timeout`): an HTTP/2 connection's task enforces it, and for the
+//! idle HTTP/1.1 stack a sweeper task runs while the stack is not empty, waking when
+//! its oldest connection expires. A connection that served
+//! `max_requests_per_connection` requests is closed (HTTP/1.1, after its last
+//! response) or drained (HTTP/2: no new streams) (`upstream_cx_max_requests`).
+//!
+//! Pooled HTTP/1.1 connections have no task: keel's own client ([`super::h1`]) runs
+//! each exchange in the task of the request that leased the connection. Upgrades
+//! (websocket) take a hyper connection of their own, driven by a task.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,9 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::breaker::{ConnectionSlot, Level, Slot};
+use super::h1::{ConnSettings, H1Conn, OpenConnection};
 use super::host::{bump, Host};
-use super::{ClusterUpstream, UpstreamError};
+use super::{ClusterUpstream, ResetCause, UpstreamError};
 use crate::http::body::Body;
+use crate::observe::stats::Counter;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 const MAX_IDLE: usize = 1024;
@@ -77,15 +84,6 @@ impl ConnState {
     }
 }
 
-/// An HTTP/1.1 connection while one request uses it.
-#[derive(Debug)]
-pub(crate) struct H1Conn {
-    sender: http1::SendRequest<Body>,
-    state: Arc<ConnState>,
-    /// It may not take another request.
-    last: bool,
-}
-
 /// A request's hold on an HTTP/2 connection: one stream.
 #[derive(Debug)]
 pub(crate) struct H2Stream {
@@ -107,12 +105,20 @@ struct H2Conn {
     state: Arc<ConnState>,
 }
 
+/// The idle HTTP/1.1 connections of an endpoint, most recently used last.
+#[derive(Debug, Default)]
+struct IdleStack {
+    conns: Vec<Box<H1Conn>>,
+    /// A sweeper task closes the connections idle for `idle_timeout`.
+    sweeping: bool,
+}
+
 /// The connections to one endpoint.
 #[derive(Debug)]
 pub(crate) struct EndpointPool {
     /// The endpoint.
     pub(crate) address: SocketAddr,
-    idle: Mutex<Vec<H1Conn>>,
+    idle: Mutex<IdleStack>,
     h2: Mutex<Vec<H2Conn>>,
     h2_connecting: tokio::sync::Mutex<()>,
     /// Woken when a connection goes idle, frees a stream or closes: pending requests
@@ -134,7 +140,7 @@ impl EndpointPool {
     pub(crate) fn new(address: SocketAddr) -> EndpointPool {
         EndpointPool {
             address,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleStack::default()),
             h2: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
             released: Notify::new(),
@@ -142,35 +148,34 @@ impl EndpointPool {
         }
     }
 
-    fn reset(&self, source: hyper::Error) -> UpstreamError {
+    fn reset(&self, source: impl Into<ResetCause>) -> UpstreamError {
         UpstreamError::Reset {
             endpoint: self.address,
-            source,
+            source: source.into(),
         }
     }
 
-    /// Returns a connection whose exchange completed (closed instead when it served
-    /// `max_requests_per_connection` requests).
-    pub(crate) fn put_idle(&self, cluster: &ClusterUpstream, conn: H1Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
-        if conn.last {
-            cluster.stats.upstream_cx_max_requests.inc();
-            return;
-        }
-        conn.state.set_idle();
-        {
+    /// Takes back a connection whose exchange completed (`host` owns this pool).
+    pub(crate) fn put_idle(&self, host: &Arc<Host>, mut conn: Box<H1Conn>) {
+        conn.idle_since = Instant::now();
+        let sweep = conn.idle_timeout();
+        let start_sweeper = {
             let mut idle = self.idle.lock().expect("pool lock");
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
+            if idle.conns.len() < MAX_IDLE {
+                idle.conns.push(conn);
             }
+            let start = sweep.is_some() && !idle.sweeping;
+            idle.sweeping |= start;
+            start
+        };
+        if let (true, Some((timeout, counter))) = (start_sweeper, sweep) {
+            tokio::spawn(sweep_idle(Arc::downgrade(host), timeout, counter));
         }
         self.released.notify_one();
     }
 
-    fn take_idle(&self) -> Option<H1Conn> {
-        self.idle.lock().expect("pool lock").pop()
+    fn take_idle(&self) -> Option<Box<H1Conn>> {
+        self.idle.lock().expect("pool lock").conns.pop()
     }
 
     /// Whether a new connection may be opened: the `max_connections` breaker, or
@@ -221,7 +226,7 @@ impl EndpointPool {
 
     /// A connection closed, or failed to open: its breaker slot is given back and a
     /// request waiting for a connection may go on.
-    fn connection_gone(&self, slot: ConnectionSlot) {
+    pub(crate) fn connection_gone(&self, slot: ConnectionSlot) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
         self.released.notify_one();
@@ -318,49 +323,24 @@ impl EndpointPool {
         });
     }
 
+    /// Opens a pooled HTTP/1.1 connection (keel's client; see [`super::h1`]).
     async fn connect_h1(
         &self,
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
         slot: ConnectionSlot,
-        upgrades: bool,
-    ) -> Result<H1Conn, UpstreamError> {
+    ) -> Result<Box<H1Conn>, UpstreamError> {
         self.open.fetch_add(1, Ordering::Relaxed);
-        let connected = async {
-            let stream = self.connect(cluster, host).await?;
-            http1::Builder::new()
-                // hyper's smallest read buffer is 8 KiB.
-                .max_buf_size((cluster.buffer_limit() as usize).max(8192))
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.reset(e))
-        }
-        .await;
-        let (sender, connection) = match connected {
-            Ok(pair) => pair,
+        let stream = match self.connect(cluster, host).await {
+            Ok(stream) => stream,
             Err(e) => {
                 self.connection_gone(slot);
                 return Err(e);
             }
         };
         cluster.stats.upstream_cx_http1_total.inc();
-        let state = Arc::new(ConnState::default());
-        if upgrades {
-            Self::spawn_connection(
-                cluster,
-                host,
-                slot,
-                Arc::clone(&state),
-                connection.with_upgrades(),
-            );
-        } else {
-            Self::spawn_connection(cluster, host, slot, Arc::clone(&state), connection);
-        }
-        Ok(H1Conn {
-            sender,
-            state,
-            last: false,
-        })
+        let open = OpenConnection::new(host, slot, cluster.stats.upstream_cx_active.clone());
+        Ok(H1Conn::new(stream, conn_settings(cluster), open))
     }
 
     /// Sends on an idle pooled connection, or on a new one.
@@ -370,54 +350,26 @@ impl EndpointPool {
         host: &Arc<Host>,
         level: &Level,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
-        let unsent = match self.send_on_idle(cluster, request).await? {
-            Ok(sent) => return Ok(sent),
-            Err(unsent) => unsent,
-        };
+    ) -> Result<Response<Body>, UpstreamError> {
+        if let Some(conn) = self.take_reusable() {
+            cluster.stats.upstream_rq_total.inc();
+            return conn.send(host, request).await.map_err(|e| self.reset(e));
+        }
         // Boxed: waiting and connecting are the cold path, and their future would
         // otherwise make every request's future (moved per request) larger.
-        Box::pin(self.send_h1_pending(cluster, host, level, unsent)).await
+        Box::pin(self.send_h1_pending(cluster, host, level, request)).await
     }
 
-    /// Sends on an idle connection if one is usable; gives the request back if not.
-    async fn send_on_idle(
-        &self,
-        cluster: &ClusterUpstream,
-        mut request: Request<Body>,
-    ) -> Result<Result<(Response<Incoming>, H1Conn), Request<Body>>, UpstreamError> {
+    /// An idle connection the upstream has not closed, if any (closed ones are
+    /// dropped on the way).
+    fn take_reusable(&self) -> Option<Box<H1Conn>> {
         for _ in 0..MAX_STALE {
-            let Some(mut conn) = self.take_idle() else {
-                break;
-            };
-            if conn.sender.is_closed() {
-                continue;
-            }
-            // Released as soon as both bodies ended: the connection task may not have
-            // turned idle yet, which takes it a moment at most.
-            if !conn.sender.is_ready() && conn.sender.ready().await.is_err() {
-                continue;
-            }
-            conn.state.set_busy();
-            match conn.sender.try_send_request(request).await {
-                Ok(response) => {
-                    cluster.stats.upstream_rq_total.inc();
-                    conn.last = conn
-                        .state
-                        .count_request(cluster.pool.max_requests_per_connection);
-                    return Ok(Ok((response, conn)));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not written: the upstream closed it meanwhile; try another.
-                    Some(unsent) => request = unsent,
-                    None => {
-                        cluster.stats.upstream_rq_total.inc();
-                        return Err(self.reset(e.into_error()));
-                    }
-                },
+            let conn = self.take_idle()?;
+            if conn.is_reusable() {
+                return Some(conn);
             }
         }
-        Ok(Err(request))
+        None
     }
 
     /// No idle connection: the request is pending until a new connection is made, or
@@ -427,32 +379,25 @@ impl EndpointPool {
         cluster: &ClusterUpstream,
         host: &Arc<Host>,
         level: &Level,
-        mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, H1Conn), UpstreamError> {
+        request: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let pending = self.pend(cluster, level)?;
         let mut overflowed = false;
-        loop {
+        let conn = loop {
             if let Some(slot) = self.may_connect(cluster, level, &mut overflowed) {
-                let mut conn = self.connect_h1(cluster, host, slot, false).await?;
-                drop(pending);
-                conn.last = conn
-                    .state
-                    .count_request(cluster.pool.max_requests_per_connection);
-                cluster.stats.upstream_rq_total.inc();
-                return match conn.sender.send_request(request).await {
-                    Ok(response) => Ok((response, conn)),
-                    Err(e) => Err(self.reset(e)),
-                };
+                break self.connect_h1(cluster, host, slot).await?;
             }
             self.wait_released().await;
-            match self.send_on_idle(cluster, request).await? {
-                Ok(sent) => return Ok(sent),
-                Err(unsent) => request = unsent,
+            if let Some(conn) = self.take_reusable() {
+                break conn;
             }
-        }
+        };
+        drop(pending);
+        cluster.stats.upstream_rq_total.inc();
+        conn.send(host, request).await.map_err(|e| self.reset(e))
     }
 
-    /// Sends an upgrade request on a connection of its own.
+    /// Sends an upgrade request on a hyper connection of its own, driven by a task.
     pub(crate) async fn send_upgrade(
         &self,
         cluster: &ClusterUpstream,
@@ -469,9 +414,29 @@ impl EndpointPool {
                 })
             }
         };
-        let mut conn = self.connect_h1(cluster, host, slot, true).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let connected = async {
+            let stream = self.connect(cluster, host).await?;
+            http1::Builder::new()
+                // hyper's smallest read buffer is 8 KiB.
+                .max_buf_size((cluster.buffer_limit() as usize).max(8192))
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.reset(e))
+        }
+        .await;
+        let (mut sender, connection) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.connection_gone(slot);
+                return Err(e);
+            }
+        };
+        cluster.stats.upstream_cx_http1_total.inc();
+        let state = Arc::new(ConnState::default());
+        Self::spawn_connection(cluster, host, slot, state, connection.with_upgrades());
         cluster.stats.upstream_rq_total.inc();
-        conn.sender
+        sender
             .send_request(request)
             .await
             .map_err(|e| self.reset(e))
@@ -585,7 +550,7 @@ impl EndpointPool {
         host: &Arc<Host>,
         level: &Level,
         mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, H2Stream), UpstreamError> {
+    ) -> Result<(Response<Body>, H2Stream), UpstreamError> {
         let max_requests = cluster.pool.max_requests_per_connection;
         let mut retried = false;
         loop {
@@ -598,7 +563,7 @@ impl EndpointPool {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     cluster.stats.upstream_rq_total.inc();
-                    return Ok((response, stream));
+                    return Ok((response.map(Body::Incoming), stream));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !retried => {
@@ -615,5 +580,52 @@ impl EndpointPool {
                 },
             }
         }
+    }
+}
+
+/// What a pooled HTTP/1.1 connection of `cluster` needs to know.
+fn conn_settings(cluster: &ClusterUpstream) -> ConnSettings {
+    ConnSettings {
+        max_requests: cluster.pool.max_requests_per_connection,
+        max_requests_reached: cluster.stats.upstream_cx_max_requests.clone(),
+        idle_timeout: cluster
+            .pool
+            .idle_timeout
+            .map(|timeout| (timeout, cluster.stats.upstream_cx_idle_timeout.clone())),
+        // hyper's smallest read buffer was 8 KiB; keel keeps that floor.
+        max_buffer: (cluster.buffer_limit() as usize).max(8192),
+    }
+}
+
+/// Closes the idle HTTP/1.1 connections of `host` once they stayed idle for `timeout`
+/// (`upstream_cx_idle_timeout`), sleeping until the oldest one expires; ends when the
+/// stack is empty (the next connection put back starts another sweeper).
+async fn sweep_idle(host: std::sync::Weak<Host>, timeout: Duration, expired_total: Counter) {
+    loop {
+        let Some(strong) = host.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut idle = strong.pool.idle.lock().expect("pool lock");
+            let (expired, fresh): (Vec<Box<H1Conn>>, Vec<Box<H1Conn>>) =
+                std::mem::take(&mut idle.conns)
+                    .into_iter()
+                    .partition(|c| now.saturating_duration_since(c.idle_since) >= timeout);
+            idle.conns = fresh;
+            let next = idle.conns.iter().map(|c| c.idle_since + timeout).min();
+            idle.sweeping = next.is_some();
+            (expired, next)
+        };
+        for _ in &expired {
+            expired_total.inc();
+        }
+        // Closed here, outside the lock.
+        drop(expired);
+        drop(strong);
+        let Some(next) = next else {
+            return;
+        };
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
     }
 }

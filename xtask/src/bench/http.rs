@@ -509,6 +509,29 @@ pub fn start_peer(
     peer: Peer,
     route: &HttpRoute,
 ) -> Result<Started> {
+    start_peer_under(ctx, sandbox, dir, peer, route, &[])
+}
+
+/// [`start_peer`], the proxy run by `wrapper` (a program and its arguments, e.g.
+/// valgrind) when it is not empty.
+pub fn start_peer_under(
+    ctx: &Context,
+    sandbox: &Sandbox,
+    dir: &Path,
+    peer: Peer,
+    route: &HttpRoute,
+    wrapper: &[std::ffi::OsString],
+) -> Result<Started> {
+    let launch = |program: &std::ffi::OsStr| -> std::process::Command {
+        match wrapper.split_first() {
+            None => sandbox.in_netns(PROXY_CORE, program),
+            Some((first, rest)) => {
+                let mut command = sandbox.in_netns(PROXY_CORE, first);
+                command.args(rest).arg(program);
+                command
+            }
+        }
+    };
     let write = |name: &str, text: String| -> Result<PathBuf> {
         let path = dir.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -520,11 +543,12 @@ pub fn start_peer(
             let config = write("keel.yaml", peers::envoy_http_bootstrap(route))?;
             let mut service = Service::start(
                 "keel",
-                sandbox
-                    .in_netns(PROXY_CORE, &ctx.keel)
-                    .arg("-c")
-                    .arg(&config)
-                    .args(["--concurrency", "1", "--log-level", "warn"]),
+                launch(ctx.keel.as_os_str()).arg("-c").arg(&config).args([
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "warn",
+                ]),
                 dir,
             )?;
             service.check_running()?;
@@ -538,17 +562,13 @@ pub fn start_peer(
             let config = write("envoy.yaml", peers::envoy_http_bootstrap(route))?;
             Service::start(
                 "envoy",
-                sandbox
-                    .in_netns(PROXY_CORE, envoy)
-                    .arg("-c")
-                    .arg(&config)
-                    .args([
-                        "--concurrency",
-                        "1",
-                        "--disable-hot-restart",
-                        "--log-level",
-                        "warn",
-                    ]),
+                launch(envoy.as_os_str()).arg("-c").arg(&config).args([
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warn",
+                ]),
                 dir,
             )?
         }
@@ -557,11 +577,7 @@ pub fn start_peer(
             let config = write("haproxy.cfg", peers::haproxy_http_config(route, maxconn))?;
             Service::start(
                 "haproxy",
-                sandbox
-                    .in_netns(PROXY_CORE, "haproxy")
-                    .arg("-db")
-                    .arg("-f")
-                    .arg(&config),
+                launch("haproxy".as_ref()).arg("-db").arg("-f").arg(&config),
                 dir,
             )?
         }
@@ -574,8 +590,7 @@ pub fn start_peer(
             let config = write("nginx.conf", peers::nginx_config(route, dir))?;
             Service::start(
                 "nginx",
-                sandbox
-                    .in_netns(PROXY_CORE, "nginx")
+                launch("nginx".as_ref())
                     .arg("-p")
                     .arg(dir)
                     .arg("-e")
