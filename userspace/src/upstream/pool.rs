@@ -108,6 +108,9 @@ struct H2Conn {
 /// The idle HTTP/1.1 connections of an endpoint, most recently used last.
 #[derive(Debug, Default)]
 struct IdleStack {
+    /// Boxed: a connection moves between the stack and the requests that use it, and a
+    /// pointer moves cheaper than the connection's state.
+    #[allow(clippy::vec_box)]
     conns: Vec<Box<H1Conn>>,
     /// A sweeper task closes the connections idle for `idle_timeout`.
     sweeping: bool,
