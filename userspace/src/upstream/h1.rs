@@ -44,6 +44,9 @@ use crate::observe::stats::{Counter, Gauge};
 const MAX_HEADERS: usize = 100;
 /// The first read buffer, and the smallest read (hyper's).
 const INITIAL_READ: usize = 8192;
+/// The largest read: enough for loopback's 64 KiB segments, without holding a buffer
+/// of the cluster's whole limit per connection.
+const MAX_READ: usize = 64 * 1024;
 /// Longest chunk-size line accepted (size, extensions and CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -276,9 +279,9 @@ impl H1Conn {
             match self.io.try_read_buf(&mut self.read_buf) {
                 Ok(n) => {
                     // Adaptive, as hyper's: a read that fills the buffer doubles the next
-                    // one (up to the buffer limit); a small one halves it again.
+                    // one (up to 64 KiB); a small one halves it again.
                     if n >= self.next_read {
-                        self.next_read = (self.next_read * 2).min(self.settings.max_buffer);
+                        self.next_read = (self.next_read * 2).min(MAX_READ);
                     } else if n < self.next_read / 2 && self.next_read > INITIAL_READ {
                         self.next_read /= 2;
                     }
