@@ -17,7 +17,8 @@
 //! - [`body`], `stream`: bodies and the per-request state that ends with the
 //!   response body (stats, pool release, access logs);
 //! - `headers`: `x-forwarded-*`, `x-request-id`, hop-by-hop headers, path
-//!   normalization; [`local_reply`]: Envoy-shaped local replies (gRPC included).
+//!   normalization; [`local_reply`]: Envoy-shaped local replies (gRPC included);
+//! - `flagged_sleep`: the connection's deadline timer, polled only when it fired.
 //!
 //! Codec: `AUTO` peeks at the first bytes of a connection for the HTTP/2 preface and
 //! hands the socket to hyper's HTTP/1 or HTTP/2 server directly (no rewind buffer);
@@ -69,6 +70,7 @@
 
 pub mod body;
 pub mod filter;
+mod flagged_sleep;
 mod headers;
 pub mod local_reply;
 mod proxy;
@@ -88,12 +90,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+
+use flagged_sleep::FlaggedSleep;
 
 use crate::model::http::{
     ClusterSpecifier, Codec, HttpConnectionManager, HttpFilter as FilterConfig, RouteAction,
@@ -654,6 +659,7 @@ impl Connection {
         let mut ended_seen = 0;
         let mut next_check = check_every.map(|every| self.epoch + every);
         let mut drain_deadline: Option<Instant> = None;
+        let mut timer: Option<FlaggedSleep> = None;
         loop {
             let wake = if drain_deadline.is_some() {
                 drain_deadline
@@ -661,14 +667,25 @@ impl Connection {
                 [next_check, max_duration].into_iter().flatten().min()
             }
             .expect("a deadline is set");
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %self.peer, "downstream connection ended: {e}");
-                    }
-                    return;
+            let sleep = match timer.as_mut() {
+                Some(sleep) => {
+                    sleep.reset(wake);
+                    sleep
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                None => timer.insert(FlaggedSleep::until(wake)),
+            };
+            let ended = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                sleep.poll_elapsed(cx).map(|()| None)
+            })
+            .await;
+            if let Some(result) = ended {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %self.peer, "downstream connection ended: {e}");
+                }
+                return;
             }
             let now = Instant::now();
             if drain_deadline.is_some_and(|d| d <= now) {

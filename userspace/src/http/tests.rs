@@ -987,6 +987,57 @@ async fn idle_connections_are_closed() {
     assert_eq!(counter("http.t_idle.downstream_cx_idle_timeout"), 1);
 }
 
+#[tokio::test]
+async fn connections_are_drained_at_their_max_duration() {
+    let mut config = manager_config(
+        "t_maxdur",
+        vec![route(
+            "/",
+            RouteAction::DirectResponse {
+                status: 204,
+                body: None,
+            },
+        )],
+    );
+    config.timeouts.connection_idle = None;
+    config.timeouts.max_connection_duration = Some(Duration::from_millis(300));
+    let keel = start_keel(config, &[]).await;
+    let started = std::time::Instant::now();
+    let mut client = TcpStream::connect(keel).await.unwrap();
+    // Requests keep the connection busy; the limit still ends it.
+    let mut closed = false;
+    for _ in 0..40 {
+        if client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+            .await
+            .expect("an answer or a close in time")
+            .unwrap_or(0);
+        if n == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the connection is closed");
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(250) && lived < Duration::from_secs(2),
+        "{lived:?}"
+    );
+    assert_eq!(
+        counter("http.t_maxdur.downstream_cx_max_duration_reached"),
+        1
+    );
+}
+
 /// Like Envoy (`http_protocol_options.enable_trailers` is off by default), trailers
 /// are not sent to HTTP/1.1 peers: hyper writes only those a `trailer` header names.
 #[tokio::test]
