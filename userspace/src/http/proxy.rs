@@ -205,7 +205,7 @@ impl Connection {
             stream.info.request_headers = parts.headers.clone();
         }
         if stream.log {
-            stream.request_line = Some((parts.method.clone(), parts.uri.clone()));
+            stream.request_line = Some(Box::new((parts.method.clone(), parts.uri.clone())));
         }
 
         // Mirrors get the request as sent, body copied frame by frame.

@@ -163,7 +163,7 @@ impl Connection {
             stream.response_request_id = parts.headers.get(X_REQUEST_ID).cloned();
         }
         if stream.log {
-            stream.request_line = Some((parts.method.clone(), parts.uri.clone()));
+            stream.request_line = Some(Box::new((parts.method.clone(), parts.uri.clone())));
             stream.info.request_headers = parts.headers.clone();
         }
         let context = RequestContext {

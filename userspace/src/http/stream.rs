@@ -261,8 +261,9 @@ pub(crate) struct ActiveStream {
     pub log: bool,
     /// Per-stream state of the HTTP filters.
     pub filter_state: http::Extensions,
-    /// `:method` and `:path` (and `:authority`) for the access logs, when logging.
-    pub request_line: Option<(http::Method, http::Uri)>,
+    /// `:method` and `:path` (and `:authority`) for the access logs, when logging
+    /// (boxed: it keeps the stream's allocation within glibc's fast size classes).
+    pub request_line: Option<Box<(http::Method, http::Uri)>>,
     /// A HEAD request: hyper sends no response body, so an unread one is no sign of
     /// a client that went away.
     pub head_request: bool,
@@ -340,7 +341,7 @@ impl ActiveStream {
         conn.stream_ended();
         let hcm = &conn.hcm;
         hcm.stats.downstream_rq_active.dec();
-        hcm.log(&self.info, self.request_line.as_ref());
+        hcm.log(&self.info, self.request_line.as_deref());
     }
 }
 
@@ -560,4 +561,16 @@ fn is_truncated_body(error: &hyper::Error) -> bool {
     std::error::Error::source(error)
         .and_then(|cause| cause.downcast_ref::<std::io::Error>())
         .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every request allocates one `ActiveStream`: it must stay within glibc's fast
+    /// (tcache) size classes, chunks of up to 1,032 bytes (measured: 1,088 bytes cost
+    /// about 330 more instructions per request).
+    #[test]
+    fn the_per_request_stream_stays_in_the_fast_allocator_classes() {
+        let size = std::mem::size_of::<super::ActiveStream>();
+        assert!(size <= 1024, "ActiveStream is {size} bytes");
+    }
 }
