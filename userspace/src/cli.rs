@@ -76,8 +76,18 @@ pub enum Command {
     Demo,
 }
 
+/// What the binary does for the process that this library cannot: it forbids `unsafe`,
+/// and calls into the C library need it.
+#[derive(Debug, Clone, Copy)]
+pub struct Process {
+    /// Returns the allocator's free memory to the kernel. Called once start-up is done
+    /// (configuration read, listeners bound, first health checks done), so that the
+    /// heap freed by start-up does not stay resident for the life of the process.
+    pub release_free_memory: fn(),
+}
+
 /// Entry point of the binary.
-pub fn main() -> anyhow::Result<()> {
+pub fn main(process: Process) -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.component_log_level.as_deref())?;
     if let Some(Command::Demo) = cli.command {
@@ -104,7 +114,13 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cli.mode, bootstrap, kernel_services, options))
+    runtime.block_on(serve(
+        cli.mode,
+        bootstrap,
+        kernel_services,
+        options,
+        process,
+    ))
 }
 
 /// The command line as the admin API's `/server_info` reports it.
@@ -184,6 +200,7 @@ async fn serve(
     mut bootstrap: Bootstrap,
     kernel_services: Vec<datapath::KernelService>,
     options: admin::CommandLineOptions,
+    process: Process,
 ) -> anyhow::Result<()> {
     // The admin API starts first (on its own thread) so that /ready answers
     // INITIALIZING while the data path loads; it reads the data path through the lock.
@@ -230,6 +247,7 @@ async fn serve(
     if mode == Mode::InitOnly {
         return Ok(());
     }
+    (process.release_free_memory)();
     wait_for_shutdown(admin.as_ref().map(|(admin, _)| admin.as_ref())).await;
     if let Some((admin, _)) = &admin {
         admin.set_state(admin::ServerState::Draining);

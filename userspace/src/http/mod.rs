@@ -87,7 +87,7 @@ mod upgrade;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -463,24 +463,29 @@ impl ConnectionManager {
                 async move { Ok::<_, Infallible>(handling.await) }
             })
         };
+        // This future lives in the connection's task for as long as the connection is
+        // open, and is as large as its largest branch: HTTP/1 (the common case) stays
+        // inline, the larger HTTP/2 and auto-detecting connections are boxed (one
+        // allocation per connection), so an HTTP/1 connection does not pay for them.
         let io = TokioIo::new(stream);
         match codec {
             Some(Codec::Http1) => {
                 self.stats.downstream_cx_http1_total.inc();
-                let connection = self.h1.serve_connection(io, unboxed);
                 if self.upgradeable {
-                    conn.drive(connection.with_upgrades()).await;
-                } else {
+                    let connection = pin!(self.h1.serve_connection(io, unboxed).with_upgrades());
                     conn.drive(connection).await;
+                } else {
+                    conn.drive(pin!(self.h1.serve_connection(io, unboxed))).await;
                 }
             }
             Some(Codec::Http2) => {
                 self.stats.downstream_cx_http2_total.inc();
-                conn.drive(self.h2.serve_connection(io, boxed)).await;
+                conn.drive(Box::pin(self.h2.serve_connection(io, boxed)).as_mut())
+                    .await;
             }
             _ => {
-                conn.drive(self.auto.serve_connection_with_upgrades(io, boxed))
-                    .await;
+                let connection = self.auto.serve_connection_with_upgrades(io, boxed);
+                conn.drive(Box::pin(connection).as_mut()).await;
             }
         }
         self.stats.downstream_cx_active.dec();
@@ -639,7 +644,11 @@ impl Connection {
     /// counter, no clock read): a connection is closed once no stream was active or
     /// ended during a whole `idle_timeout`, i.e. between 1 and 1.25 idle timeouts
     /// after its last stream.
-    async fn drive<C, T, E>(&self, connection: C)
+    ///
+    /// The connection comes pinned by the caller: moved in by value, it would take
+    /// its size twice in this future's state (the argument and the pinned copy),
+    /// and an idle connection's task keeps that state for as long as it is open.
+    async fn drive<C, T, E>(&self, mut connection: Pin<&mut C>)
     where
         C: Graceful<Output = Result<T, E>>,
         E: std::fmt::Display,
@@ -647,7 +656,6 @@ impl Connection {
         let timeouts = &self.hcm.config.timeouts;
         let idle = timeouts.connection_idle;
         let max_duration = timeouts.max_connection_duration.map(|d| self.epoch + d);
-        let mut connection = std::pin::pin!(connection);
         if idle.is_none() && max_duration.is_none() {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %self.peer, "downstream connection ended: {e}");

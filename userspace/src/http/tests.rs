@@ -1427,3 +1427,53 @@ async fn route_header_mutations_with_variables() {
     assert_eq!(echoed(&head, "x-secret"), None);
     assert_eq!(echoed(&head, "x-request-id"), Some(echo.as_str()));
 }
+
+#[tokio::test]
+async fn connection_future_sizes() {
+    // Not an assertion: prints what an idle downstream connection keeps in its task
+    // (`cargo test --release connection_future_sizes -- --nocapture`).
+    let upstreams = Arc::new(Upstreams::new(&[cluster(
+        "c",
+        "127.0.0.1:1".parse().unwrap(),
+        UpstreamProtocol::Http1,
+    )]));
+    let config = manager_config("t_conn_sizes", vec![route("/", forward_to("c", None))]);
+    let manager =
+        Arc::new(ConnectionManager::new(Arc::new(config), Arc::clone(&upstreams)).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (server, peer) = listener.accept().await.unwrap();
+    let serving = Arc::clone(&manager).serve_connection(server, peer);
+    eprintln!("serve_connection future {}", std::mem::size_of_val(&serving));
+    drop(serving);
+    let (server, peer) = {
+        let _c2 = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        listener.accept().await.unwrap()
+    };
+    let conn = Arc::new(super::Connection {
+        hcm: Arc::clone(&manager),
+        peer,
+        local: peer,
+        epoch: std::time::Instant::now(),
+        active_streams: Default::default(),
+        ended_streams: Default::default(),
+        spare_timers: Default::default(),
+    });
+    let service = {
+        let conn = Arc::clone(&conn);
+        service_fn(move |request| {
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(conn.handle(request).await) }
+        })
+    };
+    let h1 = manager.h1.serve_connection(TokioIo::new(server), service);
+    eprintln!("hyper h1 connection {}", std::mem::size_of_val(&h1));
+    let mut h1 = std::pin::pin!(h1);
+    let drive = conn.drive(h1.as_mut());
+    eprintln!("drive(h1) future {}", std::mem::size_of_val(&drive));
+    eprintln!("TcpStream {}", std::mem::size_of::<TcpStream>());
+    eprintln!("Sleep {}", std::mem::size_of::<tokio::time::Sleep>());
+    eprintln!("HeaderMap {}", std::mem::size_of::<HeaderMap>());
+    eprintln!("ResponseBody {}", std::mem::size_of::<super::ResponseBody>());
+    drop((drive, client));
+}
