@@ -475,7 +475,8 @@ impl ConnectionManager {
                     let connection = pin!(self.h1.serve_connection(io, unboxed).with_upgrades());
                     conn.drive(connection).await;
                 } else {
-                    conn.drive(pin!(self.h1.serve_connection(io, unboxed))).await;
+                    conn.drive(pin!(self.h1.serve_connection(io, unboxed)))
+                        .await;
                 }
             }
             Some(Codec::Http2) => {

@@ -756,16 +756,9 @@ async fn max_requests_per_connection_closes_pooled_connections() {
 async fn idle_upstream_connections_are_closed() {
     let backend = start_scripted(vec![Reply::Status(200)]).await;
     let name = "rt_idle_cx";
-    let config = manager_config(
-        name,
-        vec![route(
-            "/",
-            RouteAction::Forward(Box::new(forward_action(name))),
-        )],
-    );
     let mut c = cluster(name, backend.address, UpstreamProtocol::Http2);
     c.pool.idle_timeout = Some(Duration::from_millis(200));
-    let (keel, _) = start_keel_manager(config, &[c]).await;
+    let keel = keel_in_front_of(c).await;
     let response = send(keel, false, get("/").body(empty()).unwrap()).await;
     text(response).await;
     assert_eq!(counter(&format!("cluster.{name}.upstream_cx_active")), 1);
@@ -1038,17 +1031,21 @@ async fn start_raw(
     (address, accepted)
 }
 
-/// keel in front of one raw backend over pooled HTTP/1.1.
-async fn keel_to_raw(name: &str, backend: SocketAddr) -> SocketAddr {
+/// keel with one route, `/`, to the cluster `c` (its listener's address).
+async fn keel_in_front_of(c: model::Cluster) -> SocketAddr {
     let config = manager_config(
-        name,
+        &c.name,
         vec![route(
             "/",
-            RouteAction::Forward(Box::new(forward_action(name))),
+            RouteAction::Forward(Box::new(forward_action(&c.name))),
         )],
     );
-    let c = cluster(name, backend, UpstreamProtocol::Http1);
     start_keel_manager(config, &[c]).await.0
+}
+
+/// keel in front of one raw backend over pooled HTTP/1.1.
+async fn keel_to_raw(name: &str, backend: SocketAddr) -> SocketAddr {
+    keel_in_front_of(cluster(name, backend, UpstreamProtocol::Http1)).await
 }
 
 #[tokio::test]
@@ -1128,16 +1125,9 @@ async fn an_invalid_upstream_response_is_a_503_protocol_error() {
 async fn idle_http1_connections_are_closed_by_the_sweeper() {
     let backend = start_scripted(vec![Reply::Status(200)]).await;
     let name = "rt_h1_idle_cx";
-    let config = manager_config(
-        name,
-        vec![route(
-            "/",
-            RouteAction::Forward(Box::new(forward_action(name))),
-        )],
-    );
     let mut c = cluster(name, backend.address, UpstreamProtocol::Http1);
     c.pool.idle_timeout = Some(Duration::from_millis(200));
-    let (keel, _) = start_keel_manager(config, &[c]).await;
+    let keel = keel_in_front_of(c).await;
     let response = send(keel, false, get("/").body(empty()).unwrap()).await;
     text(response).await;
     assert_eq!(counter(&format!("cluster.{name}.upstream_cx_active")), 1);

@@ -1441,13 +1441,20 @@ async fn connection_future_sizes() {
     let manager =
         Arc::new(ConnectionManager::new(Arc::new(config), Arc::clone(&upstreams)).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
     let (server, peer) = listener.accept().await.unwrap();
     let serving = Arc::clone(&manager).serve_connection(server, peer);
-    eprintln!("serve_connection future {}", std::mem::size_of_val(&serving));
+    eprintln!(
+        "serve_connection future {}",
+        std::mem::size_of_val(&serving)
+    );
     drop(serving);
     let (server, peer) = {
-        let _c2 = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let _c2 = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         listener.accept().await.unwrap()
     };
     let conn = Arc::new(super::Connection {
@@ -1474,6 +1481,9 @@ async fn connection_future_sizes() {
     eprintln!("TcpStream {}", std::mem::size_of::<TcpStream>());
     eprintln!("Sleep {}", std::mem::size_of::<tokio::time::Sleep>());
     eprintln!("HeaderMap {}", std::mem::size_of::<HeaderMap>());
-    eprintln!("ResponseBody {}", std::mem::size_of::<super::ResponseBody>());
+    eprintln!(
+        "ResponseBody {}",
+        std::mem::size_of::<super::ResponseBody>()
+    );
     drop((drive, client));
 }

@@ -492,6 +492,19 @@ pub fn start_backend(ctx: &Context, sandbox: &Sandbox, dir: &Path) -> Result<Ser
     )
 }
 
+/// Creates a sandbox and starts `bench-backend` in it; returns once it listens. The
+/// backend comes in a `Vec` for [`Sandbox::wait_listening`] and the scenarios' checks.
+pub fn sandbox_with_backend(ctx: &Context, dir: &Path) -> Result<(Sandbox, Vec<Service>)> {
+    let sandbox = Sandbox::create()?;
+    let mut backend = vec![start_backend(ctx, &sandbox, dir)?];
+    sandbox.wait_listening(
+        &[Peer::Direct.address().port()],
+        &mut backend,
+        Duration::from_secs(20),
+    )?;
+    Ok((sandbox, backend))
+}
+
 /// A peer that started, or why it did not.
 pub enum Started {
     /// Its process.

@@ -68,13 +68,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     let requests = measured_requests(ctx);
     let load_before = report::load_average()?;
     let started = Instant::now();
-    let sandbox = Sandbox::create()?;
-    let mut backend = vec![http::start_backend(ctx, &sandbox, &dir)?];
-    sandbox.wait_listening(
-        &[Peer::Direct.address().port()],
-        &mut backend,
-        Duration::from_secs(20),
-    )?;
+    let (sandbox, backend) = http::sandbox_with_backend(ctx, &dir)?;
     let mut skipped = Vec::new();
     let mut counted = Vec::new();
     for peer in [Peer::Keel, Peer::Envoy, Peer::Haproxy, Peer::Nginx] {

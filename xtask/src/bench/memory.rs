@@ -98,13 +98,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let load_before = report::load_average()?;
     let started = Instant::now();
-    let sandbox = Sandbox::create()?;
-    let mut backend = vec![http::start_backend(ctx, &sandbox, &dir)?];
-    sandbox.wait_listening(
-        &[Peer::Direct.address().port()],
-        &mut backend,
-        Duration::from_secs(20),
-    )?;
+    let (sandbox, mut backend) = http::sandbox_with_backend(ctx, &dir)?;
     let mut peers = vec![Peer::Keel];
     let mut skipped = Vec::new();
     match &ctx.envoy {
