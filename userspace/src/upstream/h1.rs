@@ -417,35 +417,14 @@ fn framing(
             .get_all(TRANSFER_ENCODING)
             .iter()
             .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            .is_some_and(ends_in_chunked);
         return Ok(if chunked_last {
             Framing::Chunked(ChunkState::Size)
         } else {
             Framing::Close
         });
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value
-            .to_str()
-            .map_err(|_| H1Error::Parse("invalid content-length"))?
-            .split(',')
-        {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(H1Error::Parse("invalid content-length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| H1Error::Parse("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Parse("conflicting content-length values"));
-            }
-            length = Some(n);
-        }
-    }
+    let length = content_length(headers).map_err(H1Error::Parse)?;
     Ok(match length {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
@@ -679,14 +658,10 @@ fn set_length(parts: &mut http::request::Parts, body_length: Option<Option<u64>>
         headers.remove(TRANSFER_ENCODING);
         return BodyFraming::Length(0);
     };
-    let existing = content_length(headers);
+    // An invalid one is replaced, as hyper does.
+    let existing = content_length(headers).ok().flatten();
     if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let chunked_last = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        if !chunked_last {
+        if !ends_in_chunked(te) {
             let mut value = te.as_bytes().to_vec();
             value.extend_from_slice(b", chunked");
             if let Ok(value) = HeaderValue::from_bytes(&value) {
@@ -722,19 +697,34 @@ fn set_length(parts: &mut http::request::Parts, body_length: Option<Option<u64>>
     }
 }
 
-/// The request's `content-length`, when all its values agree and are valid.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// The message's `content-length`: `None` without one, an error when a value is not a
+/// number or the values disagree (`5, 5` and two equal fields are one length).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let n: u64 = part.trim().parse().ok()?;
+        let text = value.to_str().map_err(|_| "invalid content-length")?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("invalid content-length");
+            }
+            let n: u64 = part.parse().map_err(|_| "invalid content-length")?;
             if length.is_some_and(|l| l != n) {
-                return None;
+                return Err("conflicting content-length values");
             }
             length = Some(n);
         }
     }
-    length
+    Ok(length)
+}
+
+/// Whether a `transfer-encoding` value's last coding is `chunked`.
+fn ends_in_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// The request line and header fields, as hyper writes them.

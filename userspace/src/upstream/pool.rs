@@ -235,6 +235,23 @@ impl EndpointPool {
         self.released.notify_one();
     }
 
+    /// Counts a connection as open while `open` makes it (connect, handshake); if that
+    /// fails, the connection is gone again and its breaker slot given back.
+    async fn opening<T>(
+        &self,
+        slot: ConnectionSlot,
+        open: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<(T, ConnectionSlot), UpstreamError> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        match open.await {
+            Ok(opened) => Ok((opened, slot)),
+            Err(e) => {
+                self.connection_gone(slot);
+                Err(e)
+            }
+        }
+    }
+
     async fn connect(
         &self,
         cluster: &ClusterUpstream,
@@ -333,14 +350,7 @@ impl EndpointPool {
         host: &Arc<Host>,
         slot: ConnectionSlot,
     ) -> Result<Box<H1Conn>, UpstreamError> {
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let stream = match self.connect(cluster, host).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                self.connection_gone(slot);
-                return Err(e);
-            }
-        };
+        let (stream, slot) = self.opening(slot, self.connect(cluster, host)).await?;
         cluster.stats.upstream_cx_http1_total.inc();
         let open = OpenConnection::new(host, slot, cluster.stats.upstream_cx_active.clone());
         Ok(H1Conn::new(stream, conn_settings(cluster), open))
@@ -417,7 +427,6 @@ impl EndpointPool {
                 })
             }
         };
-        self.open.fetch_add(1, Ordering::Relaxed);
         let connected = async {
             let stream = self.connect(cluster, host).await?;
             http1::Builder::new()
@@ -426,15 +435,8 @@ impl EndpointPool {
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| self.reset(e))
-        }
-        .await;
-        let (mut sender, connection) = match connected {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.connection_gone(slot);
-                return Err(e);
-            }
         };
+        let ((mut sender, connection), slot) = self.opening(slot, connected).await?;
         cluster.stats.upstream_cx_http1_total.inc();
         let state = Arc::new(ConnState::default());
         Self::spawn_connection(cluster, host, slot, state, connection.with_upgrades());
@@ -473,7 +475,6 @@ impl EndpointPool {
         host: &Arc<Host>,
         slot: ConnectionSlot,
     ) -> Result<(), UpstreamError> {
-        self.open.fetch_add(1, Ordering::Relaxed);
         let connected = async {
             let stream = self.connect(cluster, host).await?;
             http2::Builder::new(TokioExecutor::new())
@@ -482,15 +483,8 @@ impl EndpointPool {
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| self.reset(e))
-        }
-        .await;
-        let (sender, connection) = match connected {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.connection_gone(slot);
-                return Err(e);
-            }
         };
+        let ((sender, connection), slot) = self.opening(slot, connected).await?;
         cluster.stats.upstream_cx_http2_total.inc();
         let state = Arc::new(ConnState::default());
         Self::spawn_connection(cluster, host, slot, Arc::clone(&state), connection);
