@@ -161,17 +161,21 @@ impl EndpointPool {
     /// Takes back a connection whose exchange completed (`host` owns this pool).
     pub(crate) fn put_idle(&self, host: &Arc<Host>, mut conn: Box<H1Conn>) {
         conn.idle_since = Instant::now();
-        let sweep = conn.idle_timeout();
-        let start_sweeper = {
+        let sweeper = {
             let mut idle = self.idle.lock().expect("pool lock");
+            // The timeout (and its counter) is read only to start a sweeper, not per request.
+            let sweeper = if idle.sweeping {
+                None
+            } else {
+                conn.idle_timeout()
+            };
+            idle.sweeping |= sweeper.is_some();
             if idle.conns.len() < MAX_IDLE {
                 idle.conns.push(conn);
             }
-            let start = sweep.is_some() && !idle.sweeping;
-            idle.sweeping |= start;
-            start
+            sweeper
         };
-        if let (true, Some((timeout, counter))) = (start_sweeper, sweep) {
+        if let Some((timeout, counter)) = sweeper {
             tokio::spawn(sweep_idle(Arc::downgrade(host), timeout, counter));
         }
         self.released.notify_one();
