@@ -154,8 +154,8 @@ pub(crate) struct H1Conn {
     requests: u32,
     /// When it last went idle.
     pub(crate) idle_since: Instant,
-    /// Closes it with the counts right.
-    _open: OpenConnection,
+    /// Closes it with the counts right; knows the host whose pool it goes back to.
+    open: OpenConnection,
 }
 
 impl H1Conn {
@@ -168,7 +168,7 @@ impl H1Conn {
             settings,
             requests: 0,
             idle_since: Instant::now(),
-            _open: open,
+            open,
         })
     }
 
@@ -194,10 +194,9 @@ impl H1Conn {
     }
 
     /// Sends `request` and reads the response head; the returned body reads the rest
-    /// and gives the connection back to `host`'s pool when the exchange completes.
+    /// and gives the connection back to its host's pool when the exchange completes.
     pub(crate) async fn send(
         mut self: Box<Self>,
-        host: &Arc<Host>,
         request: Request<Body>,
     ) -> Result<Response<Body>, H1Error> {
         self.requests += 1;
@@ -233,7 +232,6 @@ impl H1Conn {
         }
         let mut body = UpstreamBody {
             conn: Some(conn),
-            host: Arc::downgrade(host),
             writer: (!writer.is_done()).then_some(writer),
             framing,
             reusable,
@@ -757,7 +755,6 @@ fn encode_head(parts: &http::request::Parts, out: &mut Vec<u8>) {
 #[derive(Debug)]
 pub struct UpstreamBody {
     conn: Option<Box<H1Conn>>,
-    host: Weak<Host>,
     /// The rest of the request, while it is still being written.
     writer: Option<RequestWriter>,
     framing: Framing,
@@ -796,7 +793,7 @@ impl UpstreamBody {
         let request_written = self.writer.as_ref().is_none_or(|w| w.is_done());
         self.writer = None;
         if self.reusable && request_written && conn.read_buf.is_empty() {
-            if let Some(host) = self.host.upgrade() {
+            if let Some(host) = conn.open.host.upgrade() {
                 host.pool.put_idle(&host, conn);
             }
         }

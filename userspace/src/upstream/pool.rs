@@ -370,7 +370,7 @@ impl EndpointPool {
     ) -> Result<Response<Body>, UpstreamError> {
         if let Some(conn) = self.take_reusable() {
             cluster.stats.upstream_rq_total.inc();
-            return conn.send(host, request).await.map_err(|e| self.reset(e));
+            return conn.send(request).await.map_err(|e| self.reset(e));
         }
         // Boxed: waiting and connecting are the cold path, and their future would
         // otherwise make every request's future (moved per request) larger.
@@ -411,7 +411,7 @@ impl EndpointPool {
         };
         drop(pending);
         cluster.stats.upstream_rq_total.inc();
-        conn.send(host, request).await.map_err(|e| self.reset(e))
+        conn.send(request).await.map_err(|e| self.reset(e))
     }
 
     /// Sends an upgrade request on a hyper connection of its own, driven by a task.
